@@ -1,0 +1,72 @@
+"""residency-router: keep every organization's data in the region it chose."""
+
+from router.config import RouterSettings
+from router.errors import (
+    ConfigError,
+    DirectoryUnavailableError,
+    InvalidKeyError,
+    ObjectNotFoundError,
+    ProcessingNotEligibleError,
+    RegionUnavailableError,
+    ResidencyError,
+    ResidencyViolationError,
+    StorageError,
+    UnknownOrgError,
+)
+from router.orgs import CachedOrgDirectory, OrgDirectory, StaticOrgDirectory
+from router.regions import RegionConfig, RegionMap
+from router.routing import ResidencyRouter
+from router.types import (
+    AwsRegion,
+    DataClass,
+    DeleteReceipt,
+    ErasureReceipt,
+    Explanation,
+    ObjectInfo,
+    Operation,
+    OrgId,
+    OrgResidency,
+    Placement,
+    ProcessingRoute,
+    PurgeReport,
+    Region,
+    RegionHealth,
+    VerifyReport,
+    WriteReceipt,
+)
+
+__all__ = [
+    "AwsRegion",
+    "CachedOrgDirectory",
+    "ConfigError",
+    "DataClass",
+    "DeleteReceipt",
+    "DirectoryUnavailableError",
+    "ErasureReceipt",
+    "Explanation",
+    "InvalidKeyError",
+    "ObjectInfo",
+    "ObjectNotFoundError",
+    "Operation",
+    "OrgDirectory",
+    "OrgId",
+    "OrgResidency",
+    "Placement",
+    "ProcessingNotEligibleError",
+    "ProcessingRoute",
+    "PurgeReport",
+    "Region",
+    "RegionConfig",
+    "RegionHealth",
+    "RegionMap",
+    "RegionUnavailableError",
+    "ResidencyError",
+    "ResidencyRouter",
+    "ResidencyViolationError",
+    "RouterSettings",
+    "StaticOrgDirectory",
+    "StorageError",
+    "UnknownOrgError",
+    "VerifyReport",
+    "WriteReceipt",
+]

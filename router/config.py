@@ -1,0 +1,90 @@
+"""RouterSettings: the router's settings, from arguments or RESIDENCY_* environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+MIN_PART_SIZE = 5 * MiB  # S3 refuses smaller parts (except the last one)
+MAX_PARTS = 10_000
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+VerifyMode = Literal["strict", "quarantine", "off"]
+
+
+def is_loopback_host(host: str) -> bool:
+    """Return True when ``host`` names this machine only (localhost or a loopback address)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class RouterSettings(BaseSettings):
+    """Settings of one router; every field can come from a ``RESIDENCY_<FIELD>`` variable.
+
+    Constructing it with a bad value raises pydantic's ``ValidationError``, which names the field.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RESIDENCY_", extra="forbid", frozen=True, validate_default=True
+    )
+
+    regions_file: Path = Path("regions.yaml")
+    endpoint_url: str | None = None
+    verify_on_start: VerifyMode = "strict"
+    connect_timeout_s: PositiveFloat = 5.0
+    read_timeout_s: PositiveFloat = 30.0
+    max_pool_connections: Annotated[int, Field(ge=1, le=4096)] = 64
+    cache_ttl_s: Annotated[float, Field(ge=0)] = 60.0
+    negative_cache_ttl_s: Annotated[float, Field(ge=0)] = 5.0
+    cache_max_orgs: Annotated[int, Field(ge=1)] = 100_000
+    directory_table: str | None = None
+    directory_timeout_s: PositiveFloat = 2.0
+    retry_max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
+    retry_deadline_s: PositiveFloat = 20.0
+    multipart_threshold: Annotated[int, Field(ge=MIN_PART_SIZE)] = 16 * MiB
+    multipart_part_size: Annotated[int, Field(ge=MIN_PART_SIZE, le=5 * 1024 * MiB)] = 8 * MiB
+    multipart_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    audit_hmac_secret: SecretStr | None = None
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _check_endpoint_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"endpoint_url must be an http(s) URL with a host, got {value!r}")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ValueError(
+                "endpoint_url may use plain http only for a loopback host "
+                f"(127.0.0.1, ::1, localhost); use https for {parts.hostname!r}"
+            )
+        if parts.username or parts.password:
+            raise ValueError("endpoint_url must not carry credentials")
+        return value.rstrip("/")
+
+    @field_validator("directory_table")
+    @classmethod
+    def _check_table(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _check_multipart(self) -> Self:
+        buffered = self.multipart_part_size * self.multipart_concurrency
+        if self.multipart_threshold > buffered:
+            raise ValueError(
+                "multipart_threshold must be at most multipart_part_size x multipart_concurrency "
+                f"({buffered} bytes) so a streamed upload never buffers more than that"
+            )
+        return self

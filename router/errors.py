@@ -1,0 +1,65 @@
+"""The ResidencyError tree: every error the router raises on purpose."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ResidencyError(Exception):
+    """Root of every error this package raises on purpose."""
+
+    retryable: ClassVar[bool] = False
+
+
+class ConfigError(ResidencyError, ValueError):
+    """Fix regions.yaml or the settings: the message lists every problem with its field path."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems: list[str] = [problems] if isinstance(problems, str) else list(problems)
+        count = len(self.problems)
+        head = "invalid residency configuration" + (f" ({count} problems)" if count > 1 else "")
+        super().__init__(head + ":\n  " + "\n  ".join(self.problems))
+
+
+class InvalidKeyError(ResidencyError, ValueError):
+    """Fix the org id or object key named in the message; nothing was sent."""
+
+
+class UnknownOrgError(ResidencyError):
+    """Add the org to the directory first; nothing was sent."""
+
+    def __init__(self, org_id: str) -> None:
+        self.org_id = org_id
+        super().__init__(f"org {org_id!r} is not in the org directory; nothing was sent")
+
+
+class DirectoryUnavailableError(ResidencyError):
+    """Retry later: the org directory backend failed or timed out; nothing was sent."""
+
+    retryable = True
+
+
+class ObjectNotFoundError(ResidencyError):
+    """Check the key: no such object for this org in its region."""
+
+
+class ProcessingNotEligibleError(ResidencyError):
+    """Do not send this call: the endpoint cannot be processed for this org."""
+
+
+class ResidencyViolationError(ResidencyError):
+    """Do not retry anywhere: policy forbids this operation in the region."""
+
+
+class StorageError(ResidencyError):
+    """Fix permissions or configuration: S3 or KMS refused for good (see ``code``)."""
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        self.code = code
+        super().__init__(f"{message} ({code})" if code else message)
+
+
+class RegionUnavailableError(ResidencyError):
+    """Retry later, in the same region only: it failed after retries."""
+
+    retryable = True

@@ -1,0 +1,903 @@
+"""StoragePool: one S3 and KMS client per AWS region; SSE-KMS writes and key-checked reads."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import ssl
+from collections import deque
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+)
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Literal, Self, TypeVar
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
+from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from router._retry import RetryPolicy, error_code, is_transient
+from router.config import MAX_PARTS, RouterSettings
+from router.errors import (
+    InvalidKeyError,
+    ObjectNotFoundError,
+    RegionUnavailableError,
+    ResidencyError,
+    ResidencyViolationError,
+    StorageError,
+)
+from router.regions import RegionConfig, RegionMap, parse_kms_arn
+from router.types import AwsRegion, HealthState, Placement, RegionHealth
+
+T = TypeVar("T")
+
+SSE = "aws:kms"
+STREAM_CHUNK = 1024 * 1024
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_REDIRECT_CODES = frozenset({"PermanentRedirect", "TemporaryRedirect", "Redirect"})
+_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchVersion"})
+_HEALTH_WINDOW = 100
+
+ProblemKind = Literal["violation", "unavailable", "storage"]
+
+
+class _NoRedirectClientSession:
+    """Wraps aiohttp's session so that no request follows a redirect."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    def request(self, method: str, **kwargs: Any) -> Any:
+        # aiohttp follows any 3xx with a Location header, body included, before botocore
+        # sees the response; a redirect must reach the residency guard instead.
+        return self._session.request(method, allow_redirects=False, **kwargs)
+
+
+class NoRedirectAIOHTTPSession(AIOHTTPSession):
+    """aiobotocore's aiohttp session that never follows redirects and requires TLS >= 1.2.
+
+    Relies on ``AIOHTTPSession._get_session`` of the pinned aiobotocore (3.10.0).
+    """
+
+    def _get_ssl_context(self) -> ssl.SSLContext:
+        context: ssl.SSLContext = super()._get_ssl_context()  # type: ignore[misc]
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    async def _get_session(self, proxy_url: str | None) -> Any:
+        session = await super()._get_session(proxy_url)  # type: ignore[misc]
+        return _NoRedirectClientSession(session)
+
+
+def _redirect_guard(aws_region: AwsRegion, bucket: str) -> Callable[..., None]:
+    """Return a ``needs-retry.s3`` handler that stops botocore's S3 region redirector."""
+
+    def guard(response: Any = None, operation: Any = None, **_: Any) -> None:
+        if response is None:
+            return
+        http, parsed = response
+        status = getattr(http, "status_code", None)
+        metadata = parsed.get("ResponseMetadata", {}) if isinstance(parsed, dict) else {}
+        headers = metadata.get("HTTPHeaders", {}) or {}
+        error = parsed.get("Error", {}) if isinstance(parsed, dict) else {}
+        code = error.get("Code")
+        bucket_region = headers.get("x-amz-bucket-region")
+        wrong_region = bool(bucket_region) and bucket_region != aws_region
+        signing = code == "AuthorizationHeaderMalformed" and "Region" in error
+        if (
+            status in _REDIRECT_STATUSES
+            or code in _REDIRECT_CODES
+            or wrong_region
+            or signing
+            or code == "IllegalLocationConstraintException"
+        ):
+            where = f" (bucket reports region {bucket_region})" if bucket_region else ""
+            raise ResidencyViolationError(
+                f"S3 answered {status} {code or ''} for bucket {bucket} in {aws_region}{where}: "
+                "redirects and region mismatches are refused, never followed"
+            )
+        name = getattr(operation, "name", "")
+        if status == 400 and name in ("HeadObject", "HeadBucket"):
+            # botocore would probe the bucket's region here and re-send elsewhere.
+            raise StorageError(f"S3 refused {name} on bucket {bucket} in {aws_region}", code="400")
+
+    return guard
+
+
+@dataclass(slots=True)
+class _RegionState:
+    outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=_HEALTH_WINDOW))
+    last_success: datetime | None = None
+    quarantine: tuple[ProblemKind, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegionCheck:
+    """Result of verifying one region: its resolved key ARN and any problems."""
+
+    key_arn: str | None
+    problems: list[tuple[ProblemKind, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """What S3 reports about one stored object."""
+
+    key: str
+    size: int
+    version_id: str | None
+    last_modified: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """What a write produced."""
+
+    version_id: str | None
+    sha256: str
+
+
+class _Chunks:
+    """Pulls a body into whole parts; never holds more than it was asked to fill."""
+
+    __slots__ = ("_exhausted", "_hasher", "_pending", "_pending_bytes", "_source")
+
+    def __init__(self, source: AsyncIterator[bytes] | None, initial: bytes | None) -> None:
+        self._source = source
+        self._pending: deque[memoryview] = deque()
+        self._pending_bytes = 0
+        self._exhausted = source is None
+        self._hasher = hashlib.sha256()
+        if initial:
+            self._hasher.update(initial)
+            self._pending.append(memoryview(initial))
+            self._pending_bytes = len(initial)
+
+    @property
+    def pending(self) -> int:
+        return self._pending_bytes
+
+    @property
+    def exhausted(self) -> bool:
+        return self._exhausted
+
+    def sha256(self) -> str:
+        return self._hasher.hexdigest()
+
+    async def fill(self, size: int) -> None:
+        while self._pending_bytes < size and self._source is not None and not self._exhausted:
+            try:
+                chunk = await anext(self._source)
+            except StopAsyncIteration:
+                self._exhausted = True
+                break
+            if not isinstance(chunk, bytes | bytearray | memoryview):
+                raise InvalidKeyError(
+                    f"body chunks must be bytes, got {type(chunk).__name__}; nothing was stored"
+                )
+            if chunk:
+                view = memoryview(chunk).cast("B")
+                self._hasher.update(view)
+                self._pending.append(view)
+                self._pending_bytes += len(view)
+
+    def take(self, size: int) -> bytes:
+        out = bytearray()
+        while self._pending and len(out) < size:
+            head = self._pending[0]
+            need = size - len(out)
+            if len(head) <= need:
+                out += head
+                self._pending.popleft()
+            else:
+                out += head[:need]
+                self._pending[0] = head[need:]
+        self._pending_bytes -= len(out)
+        return bytes(out)
+
+
+def _flatten(exc: BaseException) -> BaseException:
+    """Pick the error a caller should see from a (possibly nested) exception group."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, BaseExceptionGroup):
+            stack[:0] = list(item.exceptions)
+        else:
+            leaves.append(item)
+    for preferred in (ResidencyViolationError, ResidencyError, Exception):
+        for leaf in leaves:
+            if isinstance(leaf, preferred):
+                return leaf
+    return leaves[0]
+
+
+class StoragePool:
+    """One S3 and one KMS client per AWS region of the map, made on entry and reused.
+
+    Every S3 client refuses redirects at both layers (aiohttp and botocore's region
+    redirector), ignores ``AWS_ENDPOINT_URL*`` variables, and has botocore's own retries off:
+    :mod:`router._retry` retries whole idempotent operations in the same region only.
+    """
+
+    def __init__(self, region_map: RegionMap, settings: RouterSettings) -> None:
+        self._map = region_map
+        self._settings = settings
+        self._retry = RetryPolicy(settings.retry_max_attempts, settings.retry_deadline_s)
+        self._stack = AsyncExitStack()
+        self._s3: dict[AwsRegion, Any] = {}
+        self._kms: dict[AwsRegion, Any] = {}
+        self._owner: dict[AwsRegion, dict[str, str]] = {}
+        self._state: dict[AwsRegion, _RegionState] = {}
+        for cfg in region_map:
+            self._owner[cfg.aws_region] = (
+                {"ExpectedBucketOwner": cfg.account_id} if cfg.account_id else {}
+            )
+            self._state[cfg.aws_region] = _RegionState()
+
+    def _config(self) -> AioConfig:
+        s3_options: dict[str, Any] = {}
+        if self._settings.endpoint_url:
+            s3_options["addressing_style"] = "path"
+        return AioConfig(
+            connect_timeout=self._settings.connect_timeout_s,
+            read_timeout=self._settings.read_timeout_s,
+            max_pool_connections=self._settings.max_pool_connections,
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            http_session_cls=NoRedirectAIOHTTPSession,
+            ignore_configured_endpoint_urls=True,
+            s3=s3_options,
+            user_agent_extra="residency-router",
+        )
+
+    async def __aenter__(self) -> Self:
+        session = get_session()
+        # botocore reads its JSON data files synchronously; do it off the event loop.
+        await asyncio.to_thread(_warm_loader, session)
+        config = self._config()
+        endpoint = self._settings.endpoint_url
+        try:
+            for cfg in self._map:
+                s3 = await self._stack.enter_async_context(
+                    session.create_client(
+                        "s3", region_name=cfg.aws_region, config=config, endpoint_url=endpoint
+                    )
+                )
+                s3.meta.events.register_first(
+                    "needs-retry.s3", _redirect_guard(cfg.aws_region, cfg.bucket)
+                )
+                self._s3[cfg.aws_region] = s3
+                self._kms[cfg.aws_region] = await self._stack.enter_async_context(
+                    session.create_client(
+                        "kms", region_name=cfg.aws_region, config=config, endpoint_url=endpoint
+                    )
+                )
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every client."""
+        self._s3.clear()
+        self._kms.clear()
+        await self._stack.aclose()
+
+    def register(self, event_name: str, handler: Callable[..., Any]) -> None:
+        """Register a botocore event handler on every S3 client (tests, tracing)."""
+        for client in self._s3.values():
+            client.meta.events.register(event_name, handler)
+
+    # -- health -------------------------------------------------------------------------
+
+    def quarantine(self, aws_region: AwsRegion, kind: ProblemKind, reason: str) -> None:
+        """Refuse every later operation in ``aws_region`` (verify found it unsafe)."""
+        self._state[aws_region].quarantine = (kind, reason)
+
+    def health(self, aws_region: AwsRegion) -> RegionHealth:
+        """Return one region's health as seen by this pool."""
+        state = self._state[aws_region]
+        outcomes = state.outcomes
+        rate = (outcomes.count(False) / len(outcomes)) if outcomes else 0.0
+        status: HealthState = "ok"
+        reason = ""
+        if state.quarantine is not None:
+            status, reason = "quarantined", state.quarantine[1]
+        elif rate >= 0.5 or (outcomes and not outcomes[-1]):
+            status, reason = "degraded", f"{rate:.0%} of recent requests failed"
+        return RegionHealth(status, state.last_success, rate, reason)
+
+    def _admit(self, aws_region: AwsRegion) -> Any:
+        state = self._state.get(aws_region)
+        client = self._s3.get(aws_region)
+        if state is None or client is None:
+            raise RuntimeError("the storage pool is closed or has no client for this region")
+        if state.quarantine is not None:
+            kind, reason = state.quarantine
+            if kind == "violation":
+                raise ResidencyViolationError(f"region {aws_region} is quarantined: {reason}")
+            raise RegionUnavailableError(f"region {aws_region} is quarantined: {reason}")
+        return client
+
+    def _record(self, aws_region: AwsRegion, ok: bool) -> None:
+        state = self._state[aws_region]
+        state.outcomes.append(ok)
+        if ok:
+            state.last_success = datetime.now(UTC)
+
+    async def _run(
+        self,
+        aws_region: AwsRegion,
+        what: str,
+        operation: Callable[[], Awaitable[T]],
+        *,
+        retry: bool = True,
+    ) -> T:
+        """Run one S3/KMS call with retries in this region; translate failures."""
+        try:
+            result = await (self._retry.call(operation) if retry else operation())
+        except ResidencyError:
+            self._record(aws_region, True)
+            raise
+        except ClientError as exc:
+            code = error_code(exc)
+            if is_transient(exc):
+                self._record(aws_region, False)
+                raise RegionUnavailableError(
+                    f"{what} in {aws_region} failed after retries ({code}); "
+                    "retry later in the same region"
+                ) from exc
+            self._record(aws_region, True)
+            if code in _NOT_FOUND:
+                raise ObjectNotFoundError(f"{what}: no such object in {aws_region}") from exc
+            raise StorageError(f"{what} refused in {aws_region}", code=code) from exc
+        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self._record(aws_region, False)
+            raise RegionUnavailableError(
+                f"{what} in {aws_region} failed after retries ({type(exc).__name__}); "
+                "retry later in the same region"
+            ) from exc
+        self._record(aws_region, True)
+        return result
+
+    # -- verification -------------------------------------------------------------------
+
+    async def verify_region(self, cfg: RegionConfig) -> RegionCheck:
+        """Check bucket location, bucket owner and the KMS key's region and state."""
+        problems: list[tuple[ProblemKind, str]] = []
+        key_arn = None
+        s3 = self._s3[cfg.aws_region]
+        kms = self._kms[cfg.aws_region]
+        where = f"regions.{cfg.region.value}"
+        try:
+            location = await self._run(
+                cfg.aws_region,
+                f"locating bucket {cfg.bucket}",
+                lambda: s3.get_bucket_location(Bucket=cfg.bucket, **self._owner[cfg.aws_region]),
+            )
+            actual = location.get("LocationConstraint") or "us-east-1"
+            actual = "eu-west-1" if actual == "EU" else actual
+            if actual != cfg.aws_region:
+                problems.append(
+                    (
+                        "violation",
+                        f"{where}: bucket {cfg.bucket} is in {actual}, not {cfg.aws_region}",
+                    )
+                )
+        except ResidencyViolationError as exc:
+            problems.append(("violation", f"{where}: {exc}"))
+        except StorageError as exc:
+            kind: ProblemKind = (
+                "violation" if cfg.account_id and exc.code == "AccessDenied" else "storage"
+            )
+            owner = f" (expected owner {cfg.account_id})" if cfg.account_id else ""
+            problems.append((kind, f"{where}: bucket {cfg.bucket}: {exc}{owner}"))
+        except RegionUnavailableError as exc:
+            problems.append(("unavailable", f"{where}: {exc}"))
+        try:
+            meta = (
+                await self._run(
+                    cfg.aws_region,
+                    f"describing KMS key of {where}",
+                    lambda: kms.describe_key(KeyId=cfg.kms_key),
+                )
+            )["KeyMetadata"]
+            arn = parse_kms_arn(str(meta.get("Arn", "")))
+            if arn is None or arn.aws_region != cfg.aws_region:
+                found = arn.aws_region if arn else "an unknown region"
+                problems.append(
+                    (
+                        "violation",
+                        f"{where}.kms_key: key is in {found}, bucket region is {cfg.aws_region}",
+                    )
+                )
+            elif meta.get("MultiRegion"):
+                problems.append(
+                    (
+                        "violation",
+                        f"{where}.kms_key: a multi-region key may be replicated elsewhere",
+                    )
+                )
+            elif meta.get("KeyState") != "Enabled":
+                problems.append(
+                    ("storage", f"{where}.kms_key: key state is {meta.get('KeyState')}")
+                )
+            elif cfg.account_id and arn.account != cfg.account_id:
+                problems.append(
+                    ("violation", f"{where}.kms_key: key belongs to account {arn.account}")
+                )
+            else:
+                key_arn = arn.arn
+        except StorageError as exc:
+            problems.append(("storage", f"{where}.kms_key: {exc}"))
+        except RegionUnavailableError as exc:
+            problems.append(("unavailable", f"{where}.kms_key: {exc}"))
+        return RegionCheck(key_arn, problems)
+
+    # -- writes -------------------------------------------------------------------------
+
+    def _encryption(self, place: Placement) -> dict[str, Any]:
+        return {
+            "Bucket": place.bucket,
+            "ServerSideEncryption": SSE,
+            "SSEKMSKeyId": place.kms_key_arn,
+            "BucketKeyEnabled": True,
+            **self._owner[place.aws_region],
+        }
+
+    async def put(
+        self,
+        place: Placement,
+        key: str,
+        body: bytes | bytearray | memoryview | AsyncIterable[bytes],
+        *,
+        tagging: str,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> PutResult:
+        """Write one object under the placement's key; multipart above the threshold.
+
+        Raises:
+            ResidencyViolationError: S3 reports another key or a redirect; nothing kept.
+            StorageError: S3 or KMS refused the write.
+            RegionUnavailableError: the region failed after retries; nothing kept.
+        """
+        client = self._admit(place.aws_region)
+        extra: dict[str, Any] = {"Tagging": tagging}
+        if content_type:
+            extra["ContentType"] = content_type
+        if metadata:
+            extra["Metadata"] = dict(metadata)
+        threshold = self._settings.multipart_threshold
+        if isinstance(body, bytes | bytearray | memoryview):
+            chunks = _Chunks(None, bytes(body))
+        elif isinstance(body, AsyncIterable):
+            chunks = _Chunks(aiter(body), None)
+            await chunks.fill(threshold + 1)
+        else:
+            raise InvalidKeyError(
+                f"body must be bytes or an async iterable of bytes, got {type(body).__name__}"
+            )
+        if chunks.exhausted and chunks.pending <= threshold:
+            data = chunks.take(chunks.pending)
+            return await self._put_single(client, place, key, data, chunks.sha256(), extra)
+        return await self._put_multipart(client, place, key, chunks, extra)
+
+    async def _put_single(
+        self,
+        client: Any,
+        place: Placement,
+        key: str,
+        data: bytes,
+        sha256_hex: str,
+        extra: dict[str, Any],
+    ) -> PutResult:
+        checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
+        response = await self._run(
+            place.aws_region,
+            f"writing to bucket {place.bucket}",
+            lambda: client.put_object(
+                Key=key, Body=data, ChecksumSHA256=checksum, **self._encryption(place), **extra
+            ),
+        )
+        version = response.get("VersionId")
+        await self._confirm_key(client, place, key, version, response)
+        return PutResult(version, sha256_hex)
+
+    async def _put_multipart(
+        self,
+        client: Any,
+        place: Placement,
+        key: str,
+        chunks: _Chunks,
+        extra: dict[str, Any],
+    ) -> PutResult:
+        part_size = self._settings.multipart_part_size
+        where = f"multipart upload to bucket {place.bucket}"
+        created = await self._run(
+            place.aws_region,
+            where,
+            lambda: client.create_multipart_upload(
+                Key=key, ChecksumAlgorithm="SHA256", **self._encryption(place), **extra
+            ),
+        )
+        upload_id = created["UploadId"]
+        owner = self._owner[place.aws_region]
+        parts: dict[int, dict[str, Any]] = {}
+        slots = asyncio.Semaphore(self._settings.multipart_concurrency)
+
+        async def upload(number: int, data: bytes) -> None:
+            try:
+                checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+                response = await self._run(
+                    place.aws_region,
+                    f"{where}, part {number}",
+                    lambda: client.upload_part(
+                        Bucket=place.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=data,
+                        ChecksumSHA256=checksum,
+                        **owner,
+                    ),
+                )
+                parts[number] = {
+                    "PartNumber": number,
+                    "ETag": response["ETag"],
+                    "ChecksumSHA256": checksum,
+                }
+            finally:
+                slots.release()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                number = 0
+                while True:
+                    # The slot is taken before the part is read, so at most `concurrency`
+                    # parts are held in memory, the one being filled included.
+                    await slots.acquire()
+                    try:
+                        await chunks.fill(part_size)
+                    except BaseException:
+                        slots.release()
+                        raise
+                    if chunks.pending == 0:
+                        slots.release()
+                        break
+                    number += 1
+                    if number > MAX_PARTS:
+                        slots.release()
+                        raise StorageError(
+                            f"{where}: body exceeds {MAX_PARTS} parts of {part_size} bytes; "
+                            "raise multipart_part_size"
+                        )
+                    group.create_task(upload(number, chunks.take(part_size)))
+            completed = await self._run(
+                place.aws_region,
+                where,
+                lambda: client.complete_multipart_upload(
+                    Bucket=place.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": [parts[n] for n in sorted(parts)]},
+                    **owner,
+                ),
+            )
+        except BaseException as exc:
+            await _shielded(self._abort(client, place, key, upload_id))
+            error = _flatten(exc)
+            if error is exc:
+                raise
+            raise error from None
+        version = completed.get("VersionId")
+        await self._confirm_key(client, place, key, version, completed)
+        return PutResult(version, chunks.sha256())
+
+    async def _abort(self, client: Any, place: Placement, key: str, upload_id: str) -> None:
+        with contextlib.suppress(ResidencyError, RuntimeError):
+            await self._run(
+                place.aws_region,
+                "aborting a multipart upload",
+                lambda: client.abort_multipart_upload(
+                    Bucket=place.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    **self._owner[place.aws_region],
+                ),
+            )
+
+    async def _confirm_key(
+        self,
+        client: Any,
+        place: Placement,
+        key: str,
+        version: str | None,
+        response: Mapping[str, Any],
+    ) -> None:
+        if "SSEKMSKeyId" not in response:
+            response = await self._run(
+                place.aws_region,
+                f"checking a write to bucket {place.bucket}",
+                lambda: client.head_object(
+                    Bucket=place.bucket,
+                    Key=key,
+                    **({"VersionId": version} if version else {}),
+                    **self._owner[place.aws_region],
+                ),
+            )
+        problem = _key_problem(place, response)
+        if problem is None:
+            return
+        # Keep nothing written under a foreign key: remove exactly that version.
+        with contextlib.suppress(ResidencyError):
+            await self._run(
+                place.aws_region,
+                "removing a misencrypted write",
+                lambda: client.delete_object(
+                    Bucket=place.bucket,
+                    Key=key,
+                    **({"VersionId": version} if version else {}),
+                    **self._owner[place.aws_region],
+                ),
+            )
+        raise ResidencyViolationError(f"write to bucket {place.bucket} {problem}; removed")
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def get(self, place: Placement, key: str) -> bytes:
+        """Read a whole object after checking it is under the region's key.
+
+        Raises:
+            ObjectNotFoundError: no such object.
+            ResidencyViolationError: the object is not under the region's KMS key.
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        client = self._admit(place.aws_region)
+
+        async def read() -> bytes:
+            response = await client.get_object(
+                Bucket=place.bucket,
+                Key=key,
+                ChecksumMode="ENABLED",
+                **self._owner[place.aws_region],
+            )
+            async with response["Body"] as body:
+                problem = _key_problem(place, response)
+                if problem is not None:
+                    raise ResidencyViolationError(f"object in bucket {place.bucket} {problem}")
+                data: bytes = await body.read()
+                return data
+
+        return await self._run(place.aws_region, f"reading from bucket {place.bucket}", read)
+
+    async def stream(
+        self, place: Placement, key: str, chunk_size: int = STREAM_CHUNK
+    ) -> AsyncGenerator[bytes, None]:
+        """Yield an object's bytes after checking its key; the connection is released on exit.
+
+        Raises:
+            ObjectNotFoundError: no such object.
+            ResidencyViolationError: the object is not under the region's KMS key.
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed (before or during the transfer).
+        """
+        client = self._admit(place.aws_region)
+        response = await self._run(
+            place.aws_region,
+            f"reading from bucket {place.bucket}",
+            lambda: client.get_object(
+                Bucket=place.bucket,
+                Key=key,
+                ChecksumMode="ENABLED",
+                **self._owner[place.aws_region],
+            ),
+        )
+        body = response["Body"]
+        try:
+            problem = _key_problem(place, response)
+            if problem is not None:
+                raise ResidencyViolationError(f"object in bucket {place.bucket} {problem}")
+            try:
+                async for chunk in body.iter_chunks(chunk_size):
+                    yield chunk
+            except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self._record(place.aws_region, False)
+                raise RegionUnavailableError(
+                    f"reading from bucket {place.bucket} in {place.aws_region} broke off "
+                    f"({type(exc).__name__}); retry later in the same region"
+                ) from exc
+        finally:
+            body.close()
+
+    async def head(self, place: Placement, key: str) -> StoredObject:
+        """Return an object's size, version and time after checking its key.
+
+        Raises:
+            ObjectNotFoundError: no such object.
+            ResidencyViolationError: the object is not under the region's KMS key.
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        client = self._admit(place.aws_region)
+        response = await self._run(
+            place.aws_region,
+            f"reading from bucket {place.bucket}",
+            lambda: client.head_object(
+                Bucket=place.bucket, Key=key, **self._owner[place.aws_region]
+            ),
+        )
+        problem = _key_problem(place, response)
+        if problem is not None:
+            raise ResidencyViolationError(f"object in bucket {place.bucket} {problem}")
+        return StoredObject(
+            key, int(response["ContentLength"]), response.get("VersionId"), response["LastModified"]
+        )
+
+    async def tags(self, place: Placement, key: str) -> dict[str, str]:
+        """Return an object's tags.
+
+        Raises:
+            ObjectNotFoundError: no such object.
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        client = self._admit(place.aws_region)
+        response = await self._run(
+            place.aws_region,
+            f"reading tags in bucket {place.bucket}",
+            lambda: client.get_object_tagging(
+                Bucket=place.bucket, Key=key, **self._owner[place.aws_region]
+            ),
+        )
+        return {tag["Key"]: tag["Value"] for tag in response.get("TagSet", [])}
+
+    async def list_objects(self, place: Placement, prefix: str) -> AsyncIterator[StoredObject]:
+        """Yield the current objects under ``prefix``, a page at a time.
+
+        Raises:
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        client = self._admit(place.aws_region)
+        token: str | None = None
+        while True:
+            args: dict[str, Any] = {"Bucket": place.bucket, "Prefix": prefix}
+            if token:
+                args["ContinuationToken"] = token
+            page = await self._run(
+                place.aws_region,
+                f"listing bucket {place.bucket}",
+                partial(client.list_objects_v2, **args, **self._owner[place.aws_region]),
+            )
+            for item in page.get("Contents", []):
+                yield StoredObject(item["Key"], int(item["Size"]), None, item["LastModified"])
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
+    async def list_versions(
+        self, place: Placement, prefix: str
+    ) -> AsyncIterator[tuple[str, str | None, bool]]:
+        """Yield (key, version id, is delete marker) for every version under ``prefix``.
+
+        Raises:
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        client = self._admit(place.aws_region)
+        markers: dict[str, str] = {}
+        while True:
+            args: dict[str, Any] = {"Bucket": place.bucket, "Prefix": prefix, **markers}
+            page = await self._run(
+                place.aws_region,
+                f"listing versions in bucket {place.bucket}",
+                partial(client.list_object_versions, **args, **self._owner[place.aws_region]),
+            )
+            for item in page.get("Versions", []):
+                yield item["Key"], item.get("VersionId"), False
+            for item in page.get("DeleteMarkers", []):
+                yield item["Key"], item.get("VersionId"), True
+            if not page.get("IsTruncated"):
+                return
+            markers = {"KeyMarker": page["NextKeyMarker"]}
+            if page.get("NextVersionIdMarker"):
+                markers["VersionIdMarker"] = page["NextVersionIdMarker"]
+
+    async def delete_versions(self, place: Placement, targets: list[tuple[str, str | None]]) -> int:
+        """Delete the given (key, version id) pairs, 1000 a request; return how many went.
+
+        Raises:
+            StorageError: S3 refused any of them.
+            RegionUnavailableError: the region failed after retries.
+        """
+        client = self._admit(place.aws_region)
+        deleted = 0
+        for start in range(0, len(targets), 1000):
+            batch = [
+                {"Key": key, **({"VersionId": version} if version else {})}
+                for key, version in targets[start : start + 1000]
+            ]
+            response = await self._run(
+                place.aws_region,
+                f"deleting from bucket {place.bucket}",
+                partial(
+                    client.delete_objects,
+                    Bucket=place.bucket,
+                    Delete={"Objects": batch, "Quiet": True},
+                    **self._owner[place.aws_region],
+                ),
+            )
+            errors = response.get("Errors", [])
+            if errors:
+                raise StorageError(
+                    f"S3 kept {len(errors)} versions in bucket {place.bucket}",
+                    code=str(errors[0].get("Code", "")),
+                )
+            deleted += len(batch)
+        return deleted
+
+    async def delete_object(self, place: Placement, key: str) -> int:
+        """Delete every version and delete marker of one key; return how many went.
+
+        Raises:
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        targets = [
+            (found, version)
+            async for found, version, _ in self.list_versions(place, key)
+            if found == key
+        ]
+        return await self.delete_versions(place, targets)
+
+
+def _key_problem(place: Placement, response: Mapping[str, Any]) -> str | None:
+    algorithm = response.get("ServerSideEncryption")
+    key = response.get("SSEKMSKeyId")
+    if algorithm != SSE:
+        return f"is not SSE-KMS encrypted (found {algorithm or 'none'})"
+    if key != place.kms_key_arn:
+        return "is encrypted under a KMS key other than the region's"
+    return None
+
+
+async def _shielded(coro: Awaitable[None]) -> None:
+    """Finish clean-up even if the caller is cancelled meanwhile."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
+def _warm_loader(session: AioSession) -> None:
+    loader = session.get_component("data_loader")
+    for service in ("s3", "kms"):
+        loader.load_service_model(service, "service-2")
+        loader.load_service_model(service, "endpoint-rule-set-1")
+    loader.load_data("endpoints")
+    loader.load_data("partitions")
+    loader.load_data("sdk-default-configuration")

@@ -1,0 +1,221 @@
+"""Vocabulary of the package: regions, data classes, ids, records, results and tag keys."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal, NewType
+
+OrgId = NewType("OrgId", str)
+"""A validated organization id (ASCII letters, digits, ``-``, ``_``; 1-128 characters)."""
+
+AwsRegion = NewType("AwsRegion", str)
+"""An AWS region name such as ``eu-west-1``; never a residency :class:`Region`."""
+
+
+class Region(StrEnum):
+    """A residency region: where an org's data lives."""
+
+    US = "us"
+    EU = "eu"
+    JP = "jp"
+    CA = "ca"
+    KR = "kr"
+    SG = "sg"
+    IN = "in"
+
+
+class DataClass(StrEnum):
+    """What kind of data an object is; decides retention."""
+
+    INPUTS_OUTPUTS = "inputs_outputs"
+    FILES = "files"
+    FINE_TUNING = "fine_tuning"
+
+
+class Operation(StrEnum):
+    """An operation the router can be asked to explain."""
+
+    PUT = "put"
+    GET = "get"
+    DELETE = "delete"
+    RECORD_EXCHANGE = "record_exchange"
+    ROUTE_PROCESSING = "route_processing"
+    ERASE = "erase"
+
+
+PROCESSING_REGIONS: frozenset[Region] = frozenset({Region.US, Region.EU})
+"""The residency regions an org may pin its processing to."""
+
+# Tag keys and values shared by policy (what is written) and hardening (lifecycle filters).
+TAG_ORG = "residency-org"
+TAG_CLASS = "residency-class"
+TAG_RETENTION = "residency-retention"
+TAG_EXPIRES = "residency-expires"
+TAG_TRAINING = "residency-training"
+RETENTION_KEEP = "keep"
+TRAINING_OPT_IN = "opt-in"
+TRAINING_OPT_OUT = "opt-out"
+
+KEY_ROOT = "orgs"
+"""Every object the router writes lives under ``orgs/{org_id}/{data_class}/``."""
+
+
+def retention_tag_value(days: int | None) -> str:
+    """Return the ``residency-retention`` tag value for a window (``30d``) or ``keep``."""
+    return RETENTION_KEEP if days is None else f"{days}d"
+
+
+@dataclass(frozen=True, slots=True)
+class OrgResidency:
+    """One org's residency record, as the directory returns it."""
+
+    org_id: OrgId
+    region: Region
+    processing_region: Region | None = None
+    retention_days: int = 30
+    zero_data_retention: bool = False
+    training_opt_in: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where an org's data lives: region, AWS region, bucket and KMS key."""
+
+    org_id: OrgId
+    region: Region
+    aws_region: AwsRegion
+    bucket: str
+    kms_key_arn: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessingRoute:
+    """Where a processing call goes, and why."""
+
+    region: Region
+    url: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteReceipt:
+    """What a write did: where it landed, under which key, with which checksum."""
+
+    org_id: OrgId
+    region: Region
+    aws_region: AwsRegion
+    bucket: str
+    key: str
+    version_id: str | None
+    sha256: str
+    kms_key_arn: str
+    data_class: DataClass
+    stored: bool = True
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One stored object, named by the caller's key."""
+
+    org_id: OrgId
+    data_class: DataClass
+    key: str
+    size: int
+    version_id: str | None
+    last_modified: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteReceipt:
+    """What a delete removed."""
+
+    org_id: OrgId
+    region: Region
+    key: str
+    versions_deleted: int
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureReceipt:
+    """What an erasure removed."""
+
+    org_id: OrgId
+    region: Region
+    data_class: DataClass | None
+    objects_deleted: int
+    versions_deleted: int
+    uploads_aborted: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegionPurge:
+    """What a purge removed in one region."""
+
+    objects: int = 0
+    versions: int = 0
+    uploads_aborted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReport:
+    """What a purge removed, per region."""
+
+    now: datetime
+    by_region: Mapping[Region, RegionPurge]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """Per-region verification result; a region is fine when its problem list is empty."""
+
+    ok: bool
+    by_region: Mapping[Region, list[str]]
+
+
+HealthState = Literal["ok", "degraded", "quarantined"]
+
+
+@dataclass(frozen=True, slots=True)
+class RegionHealth:
+    """A region's recent health as seen by this router."""
+
+    state: HealthState
+    last_success: datetime | None
+    failure_rate: float
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """The decision the router would take for one operation, and the rule behind each part."""
+
+    org_id: OrgId
+    operation: Operation
+    placement: Placement
+    store: bool
+    key: str | None
+    tags: Mapping[str, str]
+    expires_at: datetime | None
+    processing_route: ProcessingRoute | None
+    rules: Mapping[str, str] = field(default_factory=dict)
+
+
+_ORG_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+ORG_ID_MAX_LEN = 128
+
+
+def org_id_problem(value: object) -> str | None:
+    """Return what is wrong with an org id, or None when it is valid."""
+    if not isinstance(value, str):
+        return f"org id must be a string, got {type(value).__name__}"
+    if not value:
+        return "org id must not be empty"
+    if len(value) > ORG_ID_MAX_LEN:
+        return f"org id is {len(value)} characters; at most {ORG_ID_MAX_LEN} are allowed"
+    if not _ORG_ID_CHARS.issuperset(value):
+        return "org id may contain only ASCII letters, digits, '-' and '_'"
+    return None
