@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from router.config import RouterSettings
+
+
+def test_settings_defaults_match_design() -> None:
+    settings = RouterSettings()
+    assert settings.regions_file == Path("regions.yaml")
+    assert settings.endpoint_url is None
+    assert settings.verify_on_start == "strict"
+    assert (settings.connect_timeout_s, settings.read_timeout_s) == (5, 30)
+    assert settings.max_pool_connections == 64
+    assert (settings.cache_ttl_s, settings.negative_cache_ttl_s) == (60, 5)
+    assert settings.cache_max_orgs == 100_000
+    assert settings.directory_table is None
+    assert settings.directory_timeout_s == 2
+    assert (settings.retry_max_attempts, settings.retry_deadline_s) == (4, 20)
+    assert settings.multipart_threshold == 16 * 1024 * 1024
+    assert settings.multipart_part_size == 8 * 1024 * 1024
+    assert settings.multipart_concurrency == 4
+    assert settings.audit_hmac_secret is None
+
+
+def test_settings_read_residency_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESIDENCY_ENDPOINT_URL", "http://127.0.0.1:4566")
+    monkeypatch.setenv("RESIDENCY_VERIFY_ON_START", "quarantine")
+    monkeypatch.setenv("RESIDENCY_MULTIPART_CONCURRENCY", "8")
+    monkeypatch.setenv("RESIDENCY_AUDIT_HMAC_SECRET", "s3cret")
+    settings = RouterSettings()
+    assert settings.endpoint_url == "http://127.0.0.1:4566"
+    assert settings.verify_on_start == "quarantine"
+    assert settings.multipart_concurrency == 8
+    assert "s3cret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:5000", "http://localhost:4566", "http://[::1]:9000", "https://s3.example"],
+)
+def test_settings_accept_loopback_http_or_https(url: str) -> None:
+    assert RouterSettings(endpoint_url=url).endpoint_url == url
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("endpoint_url", "http://10.0.0.5:9000", id="plain-http-not-loopback"),
+        pytest.param("endpoint_url", "ftp://127.0.0.1", id="not-http"),
+        pytest.param("endpoint_url", "http://user:pw@127.0.0.1:1", id="credentials"),
+        pytest.param("verify_on_start", "sometimes", id="verify-mode"),
+        pytest.param("connect_timeout_s", 0, id="zero-timeout"),
+        pytest.param("multipart_part_size", 1024, id="part-below-5mib"),
+        pytest.param("multipart_concurrency", 0, id="no-concurrency"),
+        pytest.param("retry_max_attempts", 0, id="no-attempts"),
+        pytest.param("cache_max_orgs", 0, id="empty-cache"),
+        pytest.param("colour", "blue", id="unknown-field"),
+    ],
+)
+def test_settings_name_the_bad_field(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=field):
+        RouterSettings(**{field: value})  # type: ignore[arg-type]
+
+
+def test_settings_refuse_threshold_above_buffer_bound() -> None:
+    with pytest.raises(ValidationError, match="multipart_threshold"):
+        RouterSettings(
+            multipart_threshold=64 * 1024 * 1024,
+            multipart_part_size=8 * 1024 * 1024,
+            multipart_concurrency=2,
+        )
