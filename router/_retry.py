@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from botocore.exceptions import (
@@ -78,23 +77,31 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-@dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Attempts and total time for one idempotent operation."""
+    """Attempts and total time for one idempotent operation, in one region."""
 
-    max_attempts: int
-    deadline_s: float
-    initial_wait_s: float = 0.05
-    max_wait_s: float = 2.0
+    __slots__ = ("_retry", "_stop", "_wait", "deadline_s", "max_attempts")
+
+    def __init__(
+        self,
+        max_attempts: int,
+        deadline_s: float,
+        *,
+        base_wait_s: float = 0.05,
+        max_wait_s: float = 2.0,
+    ) -> None:
+        self.max_attempts = max_attempts
+        self.deadline_s = deadline_s
+        self._retry = retry_if_exception(is_transient)
+        self._stop = stop_after_attempt(max_attempts) | stop_after_delay(deadline_s)
+        # Full-range jitter on top of exponential backoff spreads out retry storms.
+        self._wait = wait_exponential_jitter(
+            multiplier=base_wait_s, max=max_wait_s, jitter=base_wait_s
+        )
 
     def retrying(self) -> AsyncRetrying:
         """Return a tenacity controller that retries transient errors and re-raises the last."""
-        return AsyncRetrying(
-            retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.deadline_s),
-            wait=wait_exponential_jitter(initial=self.initial_wait_s, max=self.max_wait_s),
-            reraise=True,
-        )
+        return AsyncRetrying(retry=self._retry, stop=self._stop, wait=self._wait, reraise=True)
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run ``operation`` (idempotent) until it succeeds or the budget is spent."""

@@ -37,7 +37,7 @@ def _short_key(arn: str) -> str:
 
 
 def _demo_orgs(region_map: RegionMap) -> dict[str, OrgResidency]:
-    orgs = {str(k): v for k, v in region_map.orgs.items()}
+    orgs = dict(region_map.orgs)
     covered = {record.region for record in orgs.values()}
     for cfg in region_map:
         if cfg.region not in covered:
@@ -81,10 +81,9 @@ async def _demo_writes(world: Any, orgs: dict[str, OrgResidency]) -> int:
             head = s3.head_object(Bucket=receipt.bucket, Key=receipt.key)
             data = s3.get_object(Bucket=receipt.bucket, Key=receipt.key)["Body"].read()
             in_region = (location or "us-east-1") == receipt.aws_region
-            encrypted = (
-                head.get("ServerSideEncryption") == "aws:kms"
-                and head.get("SSEKMSKeyId") == world.key_arn(receipt.region)
-            )
+            encrypted = head.get("ServerSideEncryption") == "aws:kms" and head.get(
+                "SSEKMSKeyId"
+            ) == world.key_arn(receipt.region)
             checksum_ok = hashlib.sha256(data).hexdigest() == receipt.sha256
             rows.append(
                 [

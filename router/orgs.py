@@ -40,7 +40,7 @@ class StaticOrgDirectory:
     @classmethod
     def from_region_map(cls, region_map: RegionMap) -> StaticOrgDirectory:
         """Return the directory of a region map's ``orgs:`` section."""
-        return cls({str(org_id): record for org_id, record in region_map.orgs.items()})
+        return cls(region_map.orgs)
 
     async def lookup(self, org_id: OrgId) -> OrgResidency:
         """Return the org's record.

@@ -165,12 +165,12 @@ class RegionMap:
         regions: Mapping[Region, RegionConfig],
         processing: ProcessingConfig,
         retention: RetentionConfig,
-        orgs: Mapping[OrgId, OrgResidency],
+        orgs: Mapping[str, OrgResidency],
     ) -> None:
         self.regions: Mapping[Region, RegionConfig] = MappingProxyType(dict(regions))
         self.processing = processing
         self.retention = retention
-        self.orgs: Mapping[OrgId, OrgResidency] = MappingProxyType(dict(orgs))
+        self.orgs: Mapping[str, OrgResidency] = MappingProxyType(dict(orgs))
         self._by_aws_region = {cfg.aws_region: cfg for cfg in regions.values()}
 
     @classmethod
@@ -452,8 +452,8 @@ def _build_orgs(
     regions: Mapping[Region, RegionConfig],
     retention: RetentionConfig | None,
     problems: list[str],
-) -> dict[OrgId, OrgResidency]:
-    orgs: dict[OrgId, OrgResidency] = {}
+) -> dict[str, OrgResidency]:
+    orgs: dict[str, OrgResidency] = {}
     default_days = raw.retention.inputs_outputs_days
     for org_id, entry in raw.orgs.items():
         path = f"orgs.{org_id}"
@@ -478,7 +478,7 @@ def _build_orgs(
                 f"{list(retention.allowed_days)}"
             )
         if len(problems) == before:
-            orgs[OrgId(org_id)] = OrgResidency(
+            orgs[org_id] = OrgResidency(
                 org_id=OrgId(org_id),
                 region=Region(entry.region),
                 processing_region=(

@@ -142,19 +142,17 @@ class ResidencyRouter:
         assert self._map is not None
         assert self._storage is not None
         mode = self._settings.verify_on_start
-        checks = await self._check_all()
         if mode == "off":
-            # Still need full key ARNs: take what verify resolved, else the configured ARN.
-            for cfg in self._map:
-                check = checks[cfg.region]
-                self._key_arns[cfg.region] = check.key_arn or cfg.kms_key
+            await self._resolve_keys_only()
             return
+        checks = await self._check_all()
         violations: list[str] = []
         others: list[str] = []
         for cfg in self._map:
             check = checks[cfg.region]
-            if check.key_arn is not None:
-                self._key_arns[cfg.region] = check.key_arn
+            # A quarantined region keeps its configured ARN: placement still resolves and
+            # the storage pool refuses its operations.
+            self._key_arns[cfg.region] = check.key_arn or cfg.kms_key
             for kind, problem in check.problems:
                 (violations if kind == "violation" else others).append(problem)
             if check.problems and mode == "quarantine":
@@ -167,6 +165,27 @@ class ResidencyRouter:
             if all(k == "unavailable" for c in checks.values() for k, _ in c.problems):
                 raise RegionUnavailableError(message)
             raise StorageError(message)
+
+    async def _resolve_keys_only(self) -> None:
+        # Without verification the router still needs full key ARNs (writes name them,
+        # reads compare with them). A region whose alias cannot be resolved is refused.
+        assert self._map is not None
+        assert self._storage is not None
+        storage = self._storage
+        configs = list(self._map)
+        results = await asyncio.gather(
+            *(storage.resolve_key(cfg) for cfg in configs), return_exceptions=True
+        )
+        for cfg, result in zip(configs, results, strict=True):
+            if isinstance(result, str):
+                self._key_arns[cfg.region] = result
+            elif isinstance(result, Exception):
+                self._key_arns[cfg.region] = cfg.kms_key
+                storage.quarantine(
+                    cfg.aws_region, "unavailable", f"KMS alias not resolved ({result})"
+                )
+            else:
+                raise result
 
     async def _check_all(self) -> dict[Region, RegionCheck]:
         assert self._map is not None

@@ -382,6 +382,32 @@ class StoragePool:
 
     # -- verification -------------------------------------------------------------------
 
+    async def resolve_key(self, cfg: RegionConfig) -> str:
+        """Return the full key ARN behind a region's configured key or alias ARN.
+
+        Raises:
+            StorageError: KMS refused (no such key or alias, access denied).
+            RegionUnavailableError: KMS failed after retries.
+            ResidencyViolationError: the key lives in another AWS region.
+        """
+        parsed = parse_kms_arn(cfg.kms_key)
+        if parsed is not None and not parsed.is_alias:
+            return cfg.kms_key
+        kms = self._kms[cfg.aws_region]
+        meta = (
+            await self._run(
+                cfg.aws_region,
+                f"resolving the KMS alias of regions.{cfg.region.value}",
+                lambda: kms.describe_key(KeyId=cfg.kms_key),
+            )
+        )["KeyMetadata"]
+        arn = parse_kms_arn(str(meta.get("Arn", "")))
+        if arn is None or arn.aws_region != cfg.aws_region:
+            raise ResidencyViolationError(
+                f"regions.{cfg.region.value}.kms_key resolves to a key outside {cfg.aws_region}"
+            )
+        return arn.arn
+
     async def verify_region(self, cfg: RegionConfig) -> RegionCheck:
         """Check bucket location, bucket owner and the KMS key's region and state."""
         problems: list[tuple[ProblemKind, str]] = []

@@ -12,7 +12,7 @@ import os
 import tempfile
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,10 @@ class LocalS3Server:
         self.stop()
 
 
+# boto3 clients are slow to make and hold no state of a world: share them per endpoint.
+_CLIENTS: dict[tuple[str, str, str], Any] = {}
+
+
 @dataclass
 class ResidencyWorld:
     """A provisioned local world: one hardened bucket and regional KMS key per region.
@@ -81,7 +85,6 @@ class ResidencyWorld:
     region_map: RegionMap
     regions_file: Path
     key_arns: dict[Region, str]
-    _clients: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def provision(
@@ -156,7 +159,8 @@ class ResidencyWorld:
 
     def client(self, service: str, aws_region: str) -> Any:
         """Return an independent boto3 client for ``service`` in ``aws_region``."""
-        cached = self._clients.get((service, aws_region))
+        cache_key = (self.endpoint_url, service, aws_region)
+        cached = _CLIENTS.get(cache_key)
         if cached is None:
             cached = boto3.client(
                 service,  # type: ignore[call-overload]
@@ -165,7 +169,7 @@ class ResidencyWorld:
                 config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
                 **DUMMY_CREDENTIALS,
             )
-            self._clients[(service, aws_region)] = cached
+            _CLIENTS[cache_key] = cached
         return cached
 
     def bucket(self, region: Region | str) -> str:

@@ -17,7 +17,9 @@ from router.types import DataClass, OrgId, OrgResidency, Region
 from tests.conftest import REGIONS_FILE
 
 MAP = RegionMap.load(REGIONS_FILE)
-ARNS = {cfg.region: f"arn:aws:kms:{cfg.aws_region}:123456789012:key/{cfg.region}" for cfg in MAP}
+ARNS: dict[Region, str] = {
+    cfg.region: f"arn:aws:kms:{cfg.aws_region}:123456789012:key/{cfg.region}" for cfg in MAP
+}
 
 
 @pytest.mark.parametrize(
@@ -105,11 +107,15 @@ def test_parse_data_class_rejects(value: object) -> None:
 @pytest.mark.parametrize(
     ("org", "region", "aws_region", "bucket"),
     [
-        pytest.param(OrgResidency(OrgId("a"), Region(code)), code, cfg.aws_region, cfg.bucket, id=code)
+        pytest.param(
+            OrgResidency(OrgId("a"), Region(code)), code, cfg.aws_region, cfg.bucket, id=code
+        )
         for code, cfg in ((c.region.value, c) for c in MAP)
     ],
 )
-def test_placement_is_the_org_region(org: OrgResidency, region: str, aws_region: str, bucket: str) -> None:
+def test_placement_is_the_org_region(
+    org: OrgResidency, region: str, aws_region: str, bucket: str
+) -> None:
     place = placement(org, MAP, ARNS)
     assert (place.region, place.aws_region, place.bucket) == (region, aws_region, bucket)
     assert place.kms_key_arn == ARNS[Region(region)]
@@ -117,7 +123,7 @@ def test_placement_is_the_org_region(org: OrgResidency, region: str, aws_region:
 
 
 def test_placement_fails_closed_for_region_missing_from_map() -> None:
-    arns = {r: a for r, a in ARNS.items() if r is not Region.KR}
+    arns: dict[Region, str] = {r: a for r, a in ARNS.items() if r is not Region.KR}
     with pytest.raises(ConfigError, match="kr"):
         placement(OrgResidency(OrgId("a"), Region.KR), MAP, arns)
 
@@ -149,7 +155,9 @@ def test_placement_fails_closed_for_region_missing_from_map() -> None:
         ),
     ],
 )
-def test_decide_put_tags_and_key(org: OrgResidency, data_class: DataClass, tags: dict[str, str]) -> None:
+def test_decide_put_tags_and_key(
+    org: OrgResidency, data_class: DataClass, tags: dict[str, str]
+) -> None:
     place = placement(org, MAP, ARNS)
     decision = decide_put(org, place, data_class, "d/k.txt")
     assert decision.store is True
@@ -157,7 +165,8 @@ def test_decide_put_tags_and_key(org: OrgResidency, data_class: DataClass, tags:
     assert dict(decision.tags) == tags
     assert decision.placement == place
     encoded = decision.tagging()
-    assert "residency-org=o" in encoded and "&" in encoded
+    assert "residency-org=o" in encoded
+    assert "&" in encoded
 
 
 def test_decide_put_refuses_inputs_outputs() -> None:

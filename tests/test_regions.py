@@ -48,7 +48,9 @@ def set_path(data: dict[str, Any], path: str, value: object) -> dict[str, Any]:
     ("path", "value", "expected"),
     [
         pytest.param(
-            "regions.eu.aws_region", "eu-west-2", "regions.eu.aws_region: 'eu-west-2' is not allowed",
+            "regions.eu.aws_region",
+            "eu-west-2",
+            "regions.eu.aws_region: 'eu-west-2' is not allowed",
             id="london-is-not-eu",
         ),
         pytest.param(
@@ -60,7 +62,9 @@ def set_path(data: dict[str, Any], path: str, value: object) -> dict[str, Any]:
             "regions.kr.kms_key: key is in ap-northeast-1, bucket region is ap-northeast-2",
             id="key-in-another-region",
         ),
-        pytest.param("regions.jp.kms_key", "alias/jp", "regions.jp.kms_key: expected", id="not-arn"),
+        pytest.param(
+            "regions.jp.kms_key", "alias/jp", "regions.jp.kms_key: expected", id="not-arn"
+        ),
         pytest.param("regions.sg.bucket", "Bad_Bucket", "regions.sg.bucket:", id="bucket-name"),
         pytest.param(
             "regions.sg.bucket", "residency-example-in", "already used by regions", id="dup-bucket"
@@ -77,7 +81,9 @@ def set_path(data: dict[str, Any], path: str, value: object) -> dict[str, Any]:
             "processing is offered only in",
             id="endpoint-outside-us-eu",
         ),
-        pytest.param("regions.us.account_id", 123456789012, "regions.us.account_id:", id="account-int"),
+        pytest.param(
+            "regions.us.account_id", 123456789012, "regions.us.account_id:", id="account-int"
+        ),
         pytest.param("regions.us.account_id", "1234", "must be 12 digits", id="account-short"),
         pytest.param("regions.us.colour", "blue", "regions.us.colour: unknown field", id="unknown"),
         pytest.param("regions.xx", {"aws_region": "us-east-1"}, "regions.xx", id="unknown-region"),
@@ -97,7 +103,9 @@ def set_path(data: dict[str, Any], path: str, value: object) -> dict[str, Any]:
             "orgs.org-acme.processing_region", "jp", "orgs.org-acme.processing_region", id="pin-jp"
         ),
         pytest.param("orgs.org-lark.retention_days", 5, "orgs.org-lark.retention_days", id="days"),
-        pytest.param("orgs.bad id", {"region": "us"}, "orgs.bad id: org id may contain", id="org-id"),
+        pytest.param(
+            "orgs.bad id", {"region": "us"}, "orgs.bad id: org id may contain", id="org-id"
+        ),
         pytest.param("orgs.org-acme.tier", "gold", "orgs.org-acme.tier: unknown field", id="org-f"),
     ],
 )
