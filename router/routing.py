@@ -181,9 +181,10 @@ class ResidencyRouter:
                 self._key_arns[cfg.region] = result
             elif isinstance(result, Exception):
                 self._key_arns[cfg.region] = cfg.kms_key
-                storage.quarantine(
-                    cfg.aws_region, "unavailable", f"KMS alias not resolved ({result})"
+                kind: ProblemKind = (
+                    "violation" if isinstance(result, ResidencyViolationError) else "unavailable"
                 )
+                storage.quarantine(cfg.aws_region, kind, f"KMS alias not resolved ({result})")
             else:
                 raise result
 

@@ -382,6 +382,16 @@ class StoragePool:
 
     # -- verification -------------------------------------------------------------------
 
+    async def _describe_key(self, cfg: RegionConfig) -> Mapping[str, Any]:
+        kms = self._kms[cfg.aws_region]
+        response = await self._run(
+            cfg.aws_region,
+            f"describing the KMS key of regions.{cfg.region.value}",
+            lambda: kms.describe_key(KeyId=cfg.kms_key),
+        )
+        meta: Mapping[str, Any] = response["KeyMetadata"]
+        return meta
+
     async def resolve_key(self, cfg: RegionConfig) -> str:
         """Return the full key ARN behind a region's configured key or alias ARN.
 
@@ -393,15 +403,7 @@ class StoragePool:
         parsed = parse_kms_arn(cfg.kms_key)
         if parsed is not None and not parsed.is_alias:
             return cfg.kms_key
-        kms = self._kms[cfg.aws_region]
-        meta = (
-            await self._run(
-                cfg.aws_region,
-                f"resolving the KMS alias of regions.{cfg.region.value}",
-                lambda: kms.describe_key(KeyId=cfg.kms_key),
-            )
-        )["KeyMetadata"]
-        arn = parse_kms_arn(str(meta.get("Arn", "")))
+        arn = parse_kms_arn(str((await self._describe_key(cfg)).get("Arn", "")))
         if arn is None or arn.aws_region != cfg.aws_region:
             raise ResidencyViolationError(
                 f"regions.{cfg.region.value}.kms_key resolves to a key outside {cfg.aws_region}"
@@ -410,10 +412,12 @@ class StoragePool:
 
     async def verify_region(self, cfg: RegionConfig) -> RegionCheck:
         """Check bucket location, bucket owner and the KMS key's region and state."""
-        problems: list[tuple[ProblemKind, str]] = []
-        key_arn = None
+        problems = await self._check_bucket(cfg)
+        key_arn, key_problems = await self._check_key(cfg)
+        return RegionCheck(key_arn, problems + key_problems)
+
+    async def _check_bucket(self, cfg: RegionConfig) -> list[tuple[ProblemKind, str]]:
         s3 = self._s3[cfg.aws_region]
-        kms = self._kms[cfg.aws_region]
         where = f"regions.{cfg.region.value}"
         try:
             location = await self._run(
@@ -421,64 +425,46 @@ class StoragePool:
                 f"locating bucket {cfg.bucket}",
                 lambda: s3.get_bucket_location(Bucket=cfg.bucket, **self._owner[cfg.aws_region]),
             )
-            actual = location.get("LocationConstraint") or "us-east-1"
-            actual = "eu-west-1" if actual == "EU" else actual
-            if actual != cfg.aws_region:
-                problems.append(
-                    (
-                        "violation",
-                        f"{where}: bucket {cfg.bucket} is in {actual}, not {cfg.aws_region}",
-                    )
-                )
         except ResidencyViolationError as exc:
-            problems.append(("violation", f"{where}: {exc}"))
+            return [("violation", f"{where}: {exc}")]
         except StorageError as exc:
-            kind: ProblemKind = (
-                "violation" if cfg.account_id and exc.code == "AccessDenied" else "storage"
-            )
+            # With ExpectedBucketOwner set, S3 answers AccessDenied for another owner's bucket.
+            owned = bool(cfg.account_id) and exc.code == "AccessDenied"
             owner = f" (expected owner {cfg.account_id})" if cfg.account_id else ""
-            problems.append((kind, f"{where}: bucket {cfg.bucket}: {exc}{owner}"))
+            kind: ProblemKind = "violation" if owned else "storage"
+            return [(kind, f"{where}: bucket {cfg.bucket}: {exc}{owner}")]
         except RegionUnavailableError as exc:
-            problems.append(("unavailable", f"{where}: {exc}"))
+            return [("unavailable", f"{where}: {exc}")]
+        actual = location.get("LocationConstraint") or "us-east-1"
+        actual = "eu-west-1" if actual == "EU" else actual
+        if actual != cfg.aws_region:
+            message = f"{where}: bucket {cfg.bucket} is in {actual}, not {cfg.aws_region}"
+            return [("violation", message)]
+        return []
+
+    async def _check_key(
+        self, cfg: RegionConfig
+    ) -> tuple[str | None, list[tuple[ProblemKind, str]]]:
+        where = f"regions.{cfg.region.value}.kms_key"
         try:
-            meta = (
-                await self._run(
-                    cfg.aws_region,
-                    f"describing KMS key of {where}",
-                    lambda: kms.describe_key(KeyId=cfg.kms_key),
-                )
-            )["KeyMetadata"]
-            arn = parse_kms_arn(str(meta.get("Arn", "")))
-            if arn is None or arn.aws_region != cfg.aws_region:
-                found = arn.aws_region if arn else "an unknown region"
-                problems.append(
-                    (
-                        "violation",
-                        f"{where}.kms_key: key is in {found}, bucket region is {cfg.aws_region}",
-                    )
-                )
-            elif meta.get("MultiRegion"):
-                problems.append(
-                    (
-                        "violation",
-                        f"{where}.kms_key: a multi-region key may be replicated elsewhere",
-                    )
-                )
-            elif meta.get("KeyState") != "Enabled":
-                problems.append(
-                    ("storage", f"{where}.kms_key: key state is {meta.get('KeyState')}")
-                )
-            elif cfg.account_id and arn.account != cfg.account_id:
-                problems.append(
-                    ("violation", f"{where}.kms_key: key belongs to account {arn.account}")
-                )
-            else:
-                key_arn = arn.arn
+            meta = await self._describe_key(cfg)
         except StorageError as exc:
-            problems.append(("storage", f"{where}.kms_key: {exc}"))
+            return None, [("storage", f"{where}: {exc}")]
         except RegionUnavailableError as exc:
-            problems.append(("unavailable", f"{where}.kms_key: {exc}"))
-        return RegionCheck(key_arn, problems)
+            return None, [("unavailable", f"{where}: {exc}")]
+        arn = parse_kms_arn(str(meta.get("Arn", "")))
+        if arn is None or arn.aws_region != cfg.aws_region:
+            found = arn.aws_region if arn else "an unknown region"
+            return None, [
+                ("violation", f"{where}: key is in {found}, bucket region is {cfg.aws_region}")
+            ]
+        if meta.get("MultiRegion"):
+            return None, [("violation", f"{where}: a multi-region key may be replicated elsewhere")]
+        if cfg.account_id and arn.account != cfg.account_id:
+            return None, [("violation", f"{where}: key belongs to account {arn.account}")]
+        if meta.get("KeyState") != "Enabled":
+            return None, [("storage", f"{where}: key state is {meta.get('KeyState')}")]
+        return arn.arn, []
 
     # -- writes -------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from router.config import RouterSettings
 from router.errors import RegionUnavailableError, ResidencyViolationError
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
@@ -29,21 +30,20 @@ PERMANENT_REDIRECT = (
 )
 
 
+def unverified(regions_file: Path, endpoint_url: str, **overrides: object) -> RouterSettings:
+    values: dict[str, object] = {"verify_on_start": "off", "retry_deadline_s": 2}
+    values.update(overrides)
+    return RouterSettings(regions_file=regions_file, endpoint_url=endpoint_url, **values)  # type: ignore[arg-type]
+
+
 def permanent_redirect(method: str, path: str) -> Reply:
     headers = {"Content-Type": "application/xml", "x-amz-bucket-region": "us-west-2"}
     return 301, headers, PERMANENT_REDIRECT
 
 
 async def test_permanent_redirect_raises_and_is_not_resent(key_arn_map: Path) -> None:
-    from router.config import RouterSettings
-
     with stub_server(permanent_redirect) as stub:
-        settings = RouterSettings(
-            regions_file=key_arn_map,
-            endpoint_url=stub.url,
-            verify_on_start="off",
-            retry_deadline_s=2,
-        )
+        settings = unverified(key_arn_map, stub.url)
         async with ResidencyRouter.from_settings(settings) as router:
             stub.requests.clear()
             with pytest.raises(ResidencyViolationError, match="us-west-2"):
@@ -58,8 +58,6 @@ async def test_permanent_redirect_raises_and_is_not_resent(key_arn_map: Path) ->
 
 
 async def test_permanent_redirect_at_start_aborts_strict_router() -> None:
-    from router.config import RouterSettings
-
     with stub_server(permanent_redirect) as stub:
         settings = RouterSettings(
             regions_file=REGIONS_FILE, endpoint_url=stub.url, retry_deadline_s=2
@@ -70,20 +68,13 @@ async def test_permanent_redirect_at_start_aborts_strict_router() -> None:
 
 
 async def test_temporary_redirect_to_other_server_is_not_followed(key_arn_map: Path) -> None:
-    from router.config import RouterSettings
-
     with stub_server(lambda m, p: (200, {}, b"")) as elsewhere:
 
         def temporary_redirect(method: str, path: str) -> Reply:
             return 307, {"Location": f"{elsewhere.url}{path}"}, b""
 
         with stub_server(temporary_redirect) as stub:
-            settings = RouterSettings(
-                regions_file=key_arn_map,
-                endpoint_url=stub.url,
-                verify_on_start="off",
-                retry_deadline_s=2,
-            )
+            settings = unverified(key_arn_map, stub.url)
             async with ResidencyRouter.from_settings(settings) as router:
                 with pytest.raises(ResidencyViolationError, match="307"):
                     await router.put("org-acme", "a.txt", b"secret body")
@@ -96,15 +87,8 @@ async def test_temporary_redirect_to_other_server_is_not_followed(key_arn_map: P
 
 
 async def test_unresolvable_alias_refuses_region_when_verify_is_off() -> None:
-    from router.config import RouterSettings
-
     with stub_server(lambda m, p: (500, {}, b"")) as stub:
-        settings = RouterSettings(
-            regions_file=REGIONS_FILE,
-            endpoint_url=stub.url,
-            verify_on_start="off",
-            retry_max_attempts=1,
-        )
+        settings = unverified(REGIONS_FILE, stub.url, retry_max_attempts=1)
         async with ResidencyRouter.from_settings(settings) as router:
             stub.requests.clear()
             with pytest.raises(RegionUnavailableError, match="quarantined"):
