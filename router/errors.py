@@ -63,3 +63,25 @@ class RegionUnavailableError(ResidencyError):
     """Retry later, in the same region only: it failed after retries."""
 
     retryable = True
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """Return the error a caller should see from a (possibly nested) exception group.
+
+    Residency violations win over other residency errors, which win over anything else.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, BaseExceptionGroup):
+            stack[:0] = list(item.exceptions)
+        else:
+            leaves.append(item)
+    for preferred in (ResidencyViolationError, ResidencyError, Exception):
+        for leaf in leaves:
+            if isinstance(leaf, preferred):
+                return leaf
+    return leaves[0]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
 from urllib.parse import quote
 
-from router.errors import ConfigError, InvalidKeyError
-from router.regions import RegionMap
+from router.errors import ConfigError, InvalidKeyError, ProcessingNotEligibleError
+from router.regions import EndpointRule, RegionMap
 from router.types import (
     KEY_ROOT,
     TAG_CLASS,
@@ -20,9 +22,12 @@ from router.types import (
     TRAINING_OPT_IN,
     TRAINING_OPT_OUT,
     DataClass,
+    Explanation,
+    Operation,
     OrgId,
     OrgResidency,
     Placement,
+    ProcessingRoute,
     Region,
     org_id_problem,
     retention_tag_value,
@@ -187,7 +192,7 @@ def object_tags(
         TAG_TRAINING: TRAINING_OPT_IN if org.training_opt_in else TRAINING_OPT_OUT,
     }
     if retains and expires_at is not None:
-        tags[TAG_EXPIRES] = expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        tags[TAG_EXPIRES] = _iso(expires_at)
     return MappingProxyType(tags)
 
 
@@ -217,3 +222,264 @@ def decide_put(
         store=True,
         reason=f"{data_class.value} are stored in the org's residency region until deleted",
     )
+
+
+# -- processing -----------------------------------------------------------------------
+
+
+def endpoint_rule(region_map: RegionMap, endpoint: object) -> EndpointRule:
+    """Return the rule of a listed processing endpoint.
+
+    Raises:
+        ProcessingNotEligibleError: the endpoint is not listed (exact paths only).
+    """
+    rule = region_map.processing.endpoints.get(endpoint) if isinstance(endpoint, str) else None
+    if rule is None:
+        listed = ", ".join(sorted(region_map.processing.endpoints)) or "none"
+        raise ProcessingNotEligibleError(
+            f"endpoint {endpoint!r} is not listed in processing.endpoints (exact paths: "
+            f"{listed}); it is refused for every org"
+        )
+    return rule
+
+
+def decide_processing(
+    org: OrgResidency, region_map: RegionMap, endpoint: object
+) -> ProcessingRoute:
+    """Decide where a processing call goes.
+
+    A pinned org gets its region's processing endpoint for regional endpoints and is refused
+    for the others; an unpinned org goes to the default processing region.
+
+    Raises:
+        ProcessingNotEligibleError: the endpoint is not listed, or not regional for a
+            pinned org.
+        ConfigError: the chosen region has no processing endpoint.
+    """
+    rule = endpoint_rule(region_map, endpoint)
+    if org.processing_region is not None:
+        if not rule.regional:
+            raise ProcessingNotEligibleError(
+                f"org {org.org_id} pins processing to {org.processing_region.value} and "
+                f"{rule.path} is not regional: it cannot be processed there, and is never "
+                "processed elsewhere"
+            )
+        region = org.processing_region
+        reason = (
+            f"org pins processing to {region.value}; {rule.path} is regional, so it is "
+            f"processed in {region.value}"
+        )
+    else:
+        region = region_map.processing.default_region
+        reason = (
+            f"org has no processing pin; {rule.path} goes to the default processing "
+            f"region {region.value}"
+        )
+    cfg = region_map.regions.get(region)
+    if cfg is None or cfg.processing_endpoint is None:
+        raise ConfigError(f"regions.{region.value}.processing_endpoint: not configured")
+    return ProcessingRoute(region=region, url=cfg.processing_endpoint + rule.path, reason=reason)
+
+
+# -- inputs and outputs ---------------------------------------------------------------
+
+
+def expiry_of(org: OrgResidency, region_map: RegionMap, now: datetime) -> datetime:
+    """Return when inputs/outputs recorded at ``now`` must be gone.
+
+    Raises:
+        ConfigError: the org's window is not one of ``retention.allowed_days``.
+    """
+    days = org.retention_days
+    if days not in region_map.retention.allowed_days:
+        raise ConfigError(
+            f"org {org.org_id} has retention_days {days}, which is not one of "
+            f"retention.allowed_days {list(region_map.retention.allowed_days)}"
+        )
+    return _utc(now) + timedelta(days=days)
+
+
+def exchange_key(org_id: OrgId, expires_at: datetime, endpoint: str, token: str) -> str:
+    """Return the full key of one recorded exchange (expiry day first, for the purge)."""
+    day = _utc(expires_at).strftime("%Y-%m-%d")
+    return (
+        f"{org_prefix(org_id, DataClass.INPUTS_OUTPUTS)}{day}/{endpoint.lstrip('/')}/{token}.json"
+    )
+
+
+def exchange_document(
+    endpoint: str, recorded_at: datetime, request: bytes, response: bytes
+) -> bytes:
+    """Return the JSON object stored for one exchange (base64 when a body is not UTF-8)."""
+    try:
+        encoding = "utf-8"
+        request_text, response_text = request.decode("utf-8"), response.decode("utf-8")
+    except UnicodeDecodeError:
+        encoding = "base64"
+        request_text = base64.b64encode(request).decode("ascii")
+        response_text = base64.b64encode(response).decode("ascii")
+    document = {
+        "endpoint": endpoint,
+        "recorded_at": _iso(recorded_at),
+        "encoding": encoding,
+        "request": request_text,
+        "response": response_text,
+    }
+    return json.dumps(document, ensure_ascii=False).encode("utf-8")
+
+
+def decide_exchange(
+    org: OrgResidency,
+    place: Placement,
+    region_map: RegionMap,
+    endpoint: object,
+    now: datetime,
+    token: str,
+) -> WriteDecision:
+    """Decide whether and where one API exchange is recorded.
+
+    Recording is storage, not processing: it goes to the org's storage region whatever its
+    processing pin, and a pinned org's call to a non-regional endpoint is recorded as usual.
+
+    Raises:
+        ProcessingNotEligibleError: the endpoint is not listed.
+        ConfigError: the org's retention window is not allowed.
+    """
+    rule = endpoint_rule(region_map, endpoint)
+    expires_at = expiry_of(org, region_map, now)
+    key = exchange_key(org.org_id, expires_at, rule.path, token)
+    tags = object_tags(org, DataClass.INPUTS_OUTPUTS, expires_at)
+    if org.zero_data_retention:
+        store, reason = False, "org has zero data retention: inputs and outputs are never stored"
+    elif not rule.retains_data:
+        store, reason = False, f"endpoint {rule.path} never retains data (retains_data: false)"
+    else:
+        store = True
+        reason = (
+            f"inputs and outputs are kept {org.retention_days} days for abuse monitoring in the "
+            f"org's storage region {place.region.value}, then deleted"
+        )
+    return WriteDecision(place, DataClass.INPUTS_OUTPUTS, key, tags, store, reason, expires_at)
+
+
+def expiry_day_of(day_prefix: str) -> date | None:
+    """Parse the expiry day out of ``orgs/{org}/inputs_outputs/YYYY-MM-DD/``; None if not one."""
+    parts = day_prefix.rstrip("/").split("/")
+    if len(parts) != 4 or parts[0] != KEY_ROOT or parts[2] != DataClass.INPUTS_OUTPUTS.value:
+        return None
+    try:
+        return date.fromisoformat(parts[3])
+    except ValueError:
+        return None
+
+
+def is_expired(day: date, now: datetime) -> bool:
+    """Return True when data whose expiry day is ``day`` must be purged at ``now``."""
+    return day <= _utc(now).date()
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError("times must be timezone-aware (UTC)")
+    return moment.astimezone(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- explain --------------------------------------------------------------------------
+
+_KEY_SHAPE = "{key}"
+_TOKEN_SHAPE = "{uuid4 hex}"
+
+
+def explain(
+    org: OrgResidency,
+    place: Placement,
+    region_map: RegionMap,
+    operation: Operation,
+    data_class: DataClass | None,
+    endpoint: str | None,
+    now: datetime,
+) -> Explanation:
+    """Return the decision the router would take for one operation, with the rule behind each part.
+
+    Raises:
+        InvalidKeyError: ``record_exchange`` or ``route_processing`` without an endpoint.
+    """
+    rules = {
+        "placement": (
+            f"org {org.org_id} has residency region {org.region.value}: its data lives only in "
+            f"bucket {place.bucket} ({place.aws_region}) under that region's KMS key"
+        )
+    }
+    store = False
+    key: str | None = None
+    tags: Mapping[str, str] = MappingProxyType({})
+    expires_at: datetime | None = None
+    route: ProcessingRoute | None = None
+    if operation in (Operation.RECORD_EXCHANGE, Operation.ROUTE_PROCESSING) and not endpoint:
+        raise InvalidKeyError(f"explaining {operation.value} needs an endpoint")
+    if operation is Operation.PUT:
+        cls = data_class or DataClass.FILES
+        key = f"{org_prefix(org.org_id, cls)}{_KEY_SHAPE}"
+        if cls is DataClass.INPUTS_OUTPUTS:
+            rules["store"] = "put refuses inputs_outputs: they are recorded by record_exchange"
+        else:
+            store = True
+            tags = object_tags(org, cls, None)
+            rules["store"] = f"{cls.value} are stored until the org deletes them"
+            rules["tags"] = _tags_rule(org)
+    elif operation is Operation.RECORD_EXCHANGE:
+        decision = decide_exchange(org, place, region_map, endpoint, now, _TOKEN_SHAPE)
+        store, key, tags, expires_at = (
+            decision.store,
+            decision.key,
+            decision.tags,
+            decision.expires_at,
+        )
+        rules["store"] = decision.reason
+        rules["key"] = "the expiry day leads the key so the purge finds expired data by prefix"
+        rules["tags"] = _tags_rule(org)
+        rules["expires_at"] = (
+            f"recorded now + {org.retention_days} days; purged on that UTC day at the latest"
+        )
+    elif operation is Operation.ROUTE_PROCESSING:
+        try:
+            route = decide_processing(org, region_map, endpoint)
+            rules["processing"] = route.reason
+        except ProcessingNotEligibleError as exc:
+            rules["processing"] = f"refused (ProcessingNotEligibleError): {exc}"
+        rules["store"] = "routing a call stores nothing"
+    elif operation is Operation.ERASE:
+        key = org_prefix(org.org_id, data_class)
+        rules["store"] = (
+            "erasure deletes every version and delete marker under this prefix in the org's "
+            "region, and aborts its multipart uploads"
+        )
+    else:
+        cls = data_class or DataClass.FILES
+        key = f"{org_prefix(org.org_id, cls)}{_KEY_SHAPE}"
+        verb = (
+            "reads check the object's KMS key"
+            if operation is Operation.GET
+            else ("deletes remove every version and delete marker")
+        )
+        rules["store"] = f"{operation.value} stores nothing; {verb}, in the org's region only"
+    return Explanation(
+        org_id=org.org_id,
+        operation=operation,
+        placement=place,
+        store=store,
+        key=key,
+        tags=tags,
+        expires_at=expires_at,
+        processing_route=route,
+        rules=MappingProxyType(rules),
+    )
+
+
+def _tags_rule(org: OrgResidency) -> str:
+    training = "opted in" if org.training_opt_in else "not opted in"
+    return f"tags record the org, class, retention and training choice (org is {training})"

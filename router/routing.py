@@ -4,24 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from types import MappingProxyType, TracebackType
-from typing import Self
+from typing import Any, Self
 
-from router.audit import AuditLog
+from router.audit import AuditLog, Outcome
 from router.config import RouterSettings
 from router.errors import (
     ConfigError,
     InvalidKeyError,
+    ObjectNotFoundError,
     RegionUnavailableError,
     ResidencyError,
     ResidencyViolationError,
     StorageError,
+    UnknownOrgError,
+    first_error,
 )
 from router.orgs import CachedOrgDirectory, OrgDirectory, StaticOrgDirectory
 from router.policy import (
+    decide_exchange,
+    decide_processing,
     decide_put,
+    endpoint_rule,
+    exchange_document,
     list_prefix,
     object_key,
     parse_data_class,
@@ -29,15 +38,25 @@ from router.policy import (
     placement,
     split_object_key,
 )
+from router.policy import explain as explain_decision
 from router.regions import RegionMap
+from router.retention import RetentionSweeper
 from router.storage import ProblemKind, RegionCheck, StoragePool
 from router.types import (
+    TAG_ORG,
+    TAG_TRAINING,
+    TRAINING_OPT_IN,
     DataClass,
     DeleteReceipt,
+    ErasureReceipt,
+    Explanation,
     ObjectInfo,
+    Operation,
     OrgId,
     OrgResidency,
     Placement,
+    ProcessingRoute,
+    PurgeReport,
     Region,
     RegionHealth,
     VerifyReport,
@@ -45,6 +64,13 @@ from router.types import (
 )
 
 Body = bytes | bytearray | memoryview | AsyncIterable[bytes]
+Clock = Callable[[], datetime]
+TAG_READ_CONCURRENCY = 16
+
+
+def utc_now() -> datetime:
+    """The default clock: the current time in UTC."""
+    return datetime.now(UTC)
 
 
 class ResidencyRouter:
@@ -61,12 +87,15 @@ class ResidencyRouter:
         directory: OrgDirectory | None = None,
         *,
         region_map: RegionMap | None = None,
+        clock: Clock = utc_now,
     ) -> None:
         self._settings = settings
+        self._clock = clock
         self._given_directory = directory
         self._map = region_map
         self._stack = AsyncExitStack()
         self._storage: StoragePool | None = None
+        self._sweeper: RetentionSweeper | None = None
         self._directory: CachedOrgDirectory | None = None
         self._key_arns: dict[Region, str] = {}
         self._placements: dict[tuple[Region, OrgId], Placement] = {}
@@ -76,13 +105,18 @@ class ResidencyRouter:
 
     @classmethod
     def from_settings(
-        cls, settings: RouterSettings, directory: OrgDirectory | None = None
+        cls,
+        settings: RouterSettings,
+        directory: OrgDirectory | None = None,
+        *,
+        clock: Clock = utc_now,
     ) -> ResidencyRouter:
         """Return a router for ``settings``; no I/O happens until it is entered.
 
         ``directory`` replaces the static/DynamoDB directory; it stays the caller's to close.
+        ``clock`` returns the current UTC time (tests freeze it).
         """
-        return cls(settings, directory)
+        return cls(settings, directory, clock=clock)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -136,6 +170,7 @@ class ResidencyRouter:
         )
         self._stack.push_async_callback(self._directory.aclose)
         self._storage = await self._stack.enter_async_context(StoragePool(region_map, settings))
+        self._sweeper = RetentionSweeper(self._storage, region_map)
         await self._verify_on_start()
 
     async def _verify_on_start(self) -> None:
@@ -440,6 +475,262 @@ class ResidencyRouter:
                     org, parsed[1], parsed[2], found.size, found.version_id, found.last_modified
                 )
 
+    # -- processing, retention, training, explain -------------------------------------
+
+    async def route_processing(self, org_id: str, endpoint: str) -> ProcessingRoute:
+        """Return where a processing call for ``endpoint`` must go; sends no S3 request.
+
+        Raises:
+            InvalidKeyError, UnknownOrgError, DirectoryUnavailableError: as for ``put``.
+            ProcessingNotEligibleError: the endpoint is not listed, or not regional for an
+                org that pins its processing.
+        """
+        started = time.perf_counter()
+        _, _, region_map = self._open()
+        org = parse_org_id(org_id)
+        record, _ = await self._org(org)
+        try:
+            route = decide_processing(record, region_map, endpoint)
+        except ResidencyError as exc:
+            self._audit.emit(
+                "route_processing",
+                org_id=org,
+                region=None,
+                outcome="refused",
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                error=type(exc).__name__,
+            )
+            raise
+        self._audit.emit(
+            "route_processing",
+            org_id=org,
+            region=route.region.value,
+            outcome="ok",
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+        )
+        return route
+
+    async def record_exchange(
+        self, org_id: str, endpoint: str, *, request: bytes, response: bytes
+    ) -> WriteReceipt:
+        """Record one API exchange as ``inputs_outputs`` in the org's storage region.
+
+        Zero-data-retention orgs and endpoints with ``retains_data: false`` get a receipt with
+        ``stored=False`` and the reason; nothing at all is sent to S3 for them.
+
+        Raises:
+            InvalidKeyError: bad org id, or a body that is not bytes.
+            ProcessingNotEligibleError: the endpoint is not listed.
+            UnknownOrgError, DirectoryUnavailableError: as for ``put``.
+            ResidencyViolationError, StorageError, RegionUnavailableError: as for ``put``.
+        """
+        started = time.perf_counter()
+        storage, _, region_map = self._open()
+        org = parse_org_id(org_id)
+        for name, body in (("request", request), ("response", response)):
+            if not isinstance(body, bytes | bytearray | memoryview):
+                raise InvalidKeyError(f"{name} must be bytes, got {type(body).__name__}")
+        endpoint_rule(region_map, endpoint)  # refuse unlisted endpoints before any lookup
+        record, place = await self._org(org)
+        now = self._clock()
+        decision = decide_exchange(record, place, region_map, endpoint, now, uuid.uuid4().hex)
+        cls = DataClass.INPUTS_OUTPUTS
+        if not decision.store:
+            self._emit("record_exchange", place, cls, None, started, outcome="skipped")
+            return WriteReceipt(
+                org_id=place.org_id,
+                region=place.region,
+                aws_region=place.aws_region,
+                bucket=place.bucket,
+                key="",
+                version_id=None,
+                sha256="",
+                kms_key_arn=place.kms_key_arn,
+                data_class=cls,
+                stored=False,
+                reason=decision.reason,
+            )
+        document = exchange_document(endpoint, now, bytes(request), bytes(response))
+        try:
+            result = await storage.put(
+                place,
+                decision.key,
+                document,
+                tagging=decision.tagging(),
+                content_type="application/json",
+            )
+        except ResidencyError as exc:
+            self._emit("record_exchange", place, cls, decision.key, started, exc)
+            raise
+        self._emit("record_exchange", place, cls, decision.key, started)
+        return WriteReceipt(
+            org_id=place.org_id,
+            region=place.region,
+            aws_region=place.aws_region,
+            bucket=place.bucket,
+            key=decision.key,
+            version_id=result.version_id,
+            sha256=result.sha256,
+            kms_key_arn=place.kms_key_arn,
+            data_class=cls,
+            stored=True,
+            reason=decision.reason,
+        )
+
+    async def purge_expired(self, *, now: datetime | None = None) -> PurgeReport:
+        """Delete every version of inputs/outputs whose expiry day is on or before ``now``.
+
+        Sweeps every region's bucket (not the directory), and aborts inputs/outputs
+        multipart uploads started more than a day before ``now``. ``now`` defaults to the
+        router's clock and must be timezone-aware.
+
+        Raises:
+            InvalidKeyError: ``now`` has no timezone.
+            ResidencyError: a region failed; every region was attempted first.
+        """
+        self._open()
+        assert self._sweeper is not None
+        moment = self._clock() if now is None else now
+        if moment.tzinfo is None:
+            raise InvalidKeyError("purge_expired(now=...) needs a timezone-aware datetime (UTC)")
+        started = time.perf_counter()
+        report = await self._sweeper.purge(moment.astimezone(UTC))
+        for region in report.by_region:
+            self._audit.emit(
+                "purge",
+                org_id="*",
+                region=region.value,
+                data_class=DataClass.INPUTS_OUTPUTS.value,
+                outcome="ok",
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+            )
+        return report
+
+    async def erase_org(
+        self,
+        org_id: str,
+        *,
+        data_class: DataClass | str | None = None,
+        region: Region | str | None = None,
+    ) -> ErasureReceipt:
+        """Delete all of an org's data (or one class), every version, and abort its uploads.
+
+        Runs in the org's region only. ``region`` names it for an org no longer in the
+        directory; for a known org it must agree with the directory. Erasing twice is safe.
+
+        Raises:
+            InvalidKeyError: bad org id, data class or region code.
+            UnknownOrgError: the org is not in the directory and no ``region`` was given.
+            ResidencyViolationError: ``region`` contradicts the directory.
+            DirectoryUnavailableError: the directory failed; nothing was deleted.
+            StorageError, RegionUnavailableError: S3 refused or failed.
+        """
+        started = time.perf_counter()
+        _, directory, region_map = self._open()
+        assert self._sweeper is not None
+        org = parse_org_id(org_id)
+        cls = None if data_class is None else parse_data_class(data_class)
+        named = _parse_region(region)
+        try:
+            record = await directory.lookup(org)
+        except UnknownOrgError:
+            if named is None:
+                raise
+            target = named
+        else:
+            if named is not None and named is not record.region:
+                raise ResidencyViolationError(
+                    f"erase_org: org {org} lives in {record.region.value}, not {named.value}; "
+                    "nothing was deleted"
+                ) from None
+            target = record.region
+        cfg = region_map.region(target)
+        try:
+            receipt = await self._sweeper.erase(cfg, org, target, cls)
+        except ResidencyError as exc:
+            self._audit.emit(
+                "erase",
+                org_id=org,
+                region=target.value,
+                outcome="error",
+                data_class=None if cls is None else cls.value,
+                error=type(exc).__name__,
+            )
+            raise
+        self._audit.emit(
+            "erase",
+            org_id=org,
+            region=target.value,
+            data_class=None if cls is None else cls.value,
+            outcome="ok",
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+        )
+        return receipt
+
+    async def list_training_eligible(self, org_id: str) -> AsyncIterator[ObjectInfo]:
+        """Yield the org's objects that may be used for training.
+
+        An object is yielded only if the org is opted in now and the object's own
+        ``residency-training`` tag (set at write time) says ``opt-in``; one tag read per
+        object, with bounded concurrency.
+
+        Raises:
+            InvalidKeyError, UnknownOrgError, DirectoryUnavailableError: as for ``put``.
+            StorageError, RegionUnavailableError: S3 refused or failed.
+        """
+        storage = self._open()[0]
+        record, place = await self._org(org_id)
+        if not record.training_opt_in:
+            return
+        limit = asyncio.Semaphore(TAG_READ_CONCURRENCY)
+
+        async def eligible(info: ObjectInfo) -> bool:
+            async with limit:
+                try:
+                    tags = await storage.tags(
+                        place, object_key(info.org_id, info.data_class, info.key)
+                    )
+                except ObjectNotFoundError:
+                    return False  # deleted since it was listed
+            return tags.get(TAG_TRAINING) == TRAINING_OPT_IN and tags.get(TAG_ORG) == record.org_id
+
+        batch: list[ObjectInfo] = []
+        async for info in self.list(record.org_id):
+            batch.append(info)
+            if len(batch) >= TAG_READ_CONCURRENCY * 4:
+                for item in await _filter(batch, eligible):
+                    yield item
+                batch = []
+        for item in await _filter(batch, eligible):
+            yield item
+
+    async def explain(
+        self,
+        org_id: str,
+        *,
+        operation: Operation | str,
+        data_class: DataClass | str | None = None,
+        endpoint: str | None = None,
+    ) -> Explanation:
+        """Return the decision the router would take, with the rule behind each part.
+
+        Sends no S3 request (it reads the org directory, through the cache).
+
+        Raises:
+            InvalidKeyError: bad org id, operation or data class, or a missing endpoint.
+            UnknownOrgError, DirectoryUnavailableError: as for ``put``.
+        """
+        _, _, region_map = self._open()
+        org = parse_org_id(org_id)
+        try:
+            op = Operation(operation)
+        except ValueError:
+            allowed = ", ".join(o.value for o in Operation)
+            raise InvalidKeyError(f"unknown operation {operation!r} (one of {allowed})") from None
+        cls = None if data_class is None else parse_data_class(data_class)
+        record, place = await self._org(org)
+        return explain_decision(record, place, region_map, op, cls, endpoint, self._clock())
+
     # -- health and cache ---------------------------------------------------------------
 
     def health(self) -> Mapping[Region, RegionHealth]:
@@ -459,9 +750,11 @@ class ResidencyRouter:
         operation: str,
         place: Placement,
         data_class: DataClass,
-        key: str,
+        key: str | None,
         started: float,
         error: BaseException | None = None,
+        *,
+        outcome: Outcome = "ok",
     ) -> None:
         self._audit.emit(
             operation,
@@ -470,7 +763,7 @@ class ResidencyRouter:
             data_class=data_class.value,
             key=key,
             latency_ms=(time.perf_counter() - started) * 1000.0,
-            outcome="ok" if error is None else "error",
+            outcome=outcome if error is None else "error",
             error=None if error is None else type(error).__name__,
         )
 
@@ -496,3 +789,24 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> None:
             raise InvalidKeyError(
                 f"metadata value of {name!r} must be printable ASCII; nothing was sent"
             )
+
+
+def _parse_region(value: Region | str | None) -> Region | None:
+    if value is None:
+        return None
+    try:
+        return Region(value)
+    except ValueError:
+        allowed = ", ".join(r.value for r in Region)
+        raise InvalidKeyError(f"unknown residency region {value!r} (one of {allowed})") from None
+
+
+async def _filter(
+    items: list[ObjectInfo], keep: Callable[[ObjectInfo], Coroutine[Any, Any, bool]]
+) -> list[ObjectInfo]:
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(keep(item)) for item in items]
+    except BaseExceptionGroup as exc:
+        raise first_error(exc) from None
+    return [item for item, task in zip(items, tasks, strict=True) if task.result()]

@@ -20,7 +20,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, Protocol, Self, TypeVar
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -37,6 +37,7 @@ from router.errors import (
     ResidencyError,
     ResidencyViolationError,
     StorageError,
+    first_error,
 )
 from router.regions import RegionConfig, RegionMap, parse_kms_arn
 from router.types import AwsRegion, HealthState, Placement, RegionHealth
@@ -49,6 +50,7 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _REDIRECT_CODES = frozenset({"PermanentRedirect", "TemporaryRedirect", "Redirect"})
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchVersion"})
 _HEALTH_WINDOW = 100
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 
 ProblemKind = Literal["violation", "unavailable", "storage"]
 
@@ -116,6 +118,20 @@ def _redirect_guard(aws_region: AwsRegion, bucket: str) -> Callable[..., None]:
             raise StorageError(f"S3 refused {name} on bucket {bucket} in {aws_region}", code="400")
 
     return guard
+
+
+class BucketRef(Protocol):
+    """Anything that names one bucket in one AWS region (a Placement, a RegionConfig)."""
+
+    @property
+    def aws_region(self) -> AwsRegion:
+        """The bucket's AWS region."""
+        ...
+
+    @property
+    def bucket(self) -> str:
+        """The bucket's name."""
+        ...
 
 
 @dataclass(slots=True)
@@ -208,25 +224,6 @@ class _Chunks:
                 self._pending[0] = head[need:]
         self._pending_bytes -= len(out)
         return bytes(out)
-
-
-def _flatten(exc: BaseException) -> BaseException:
-    """Pick the error a caller should see from a (possibly nested) exception group."""
-    if not isinstance(exc, BaseExceptionGroup):
-        return exc
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [exc]
-    while stack:
-        item = stack.pop(0)
-        if isinstance(item, BaseExceptionGroup):
-            stack[:0] = list(item.exceptions)
-        else:
-            leaves.append(item)
-    for preferred in (ResidencyViolationError, ResidencyError, Exception):
-        for leaf in leaves:
-            if isinstance(leaf, preferred):
-                return leaf
-    return leaves[0]
 
 
 class StoragePool:
@@ -618,7 +615,7 @@ class StoragePool:
             )
         except BaseException as exc:
             await _shielded(self._abort(client, place, key, upload_id))
-            error = _flatten(exc)
+            error = first_error(exc)
             if error is exc:
                 raise
             raise error from None
@@ -767,7 +764,7 @@ class StoragePool:
             key, int(response["ContentLength"]), response.get("VersionId"), response["LastModified"]
         )
 
-    async def tags(self, place: Placement, key: str) -> dict[str, str]:
+    async def tags(self, ref: BucketRef, key: str) -> dict[str, str]:
         """Return an object's tags.
 
         Raises:
@@ -775,33 +772,33 @@ class StoragePool:
             StorageError: S3 refused.
             RegionUnavailableError: the region failed after retries.
         """
-        client = self._admit(place.aws_region)
+        client = self._admit(ref.aws_region)
         response = await self._run(
-            place.aws_region,
-            f"reading tags in bucket {place.bucket}",
+            ref.aws_region,
+            f"reading tags in bucket {ref.bucket}",
             lambda: client.get_object_tagging(
-                Bucket=place.bucket, Key=key, **self._owner[place.aws_region]
+                Bucket=ref.bucket, Key=key, **self._owner[ref.aws_region]
             ),
         )
         return {tag["Key"]: tag["Value"] for tag in response.get("TagSet", [])}
 
-    async def list_objects(self, place: Placement, prefix: str) -> AsyncIterator[StoredObject]:
+    async def list_objects(self, ref: BucketRef, prefix: str) -> AsyncIterator[StoredObject]:
         """Yield the current objects under ``prefix``, a page at a time.
 
         Raises:
             StorageError: S3 refused.
             RegionUnavailableError: the region failed after retries.
         """
-        client = self._admit(place.aws_region)
+        client = self._admit(ref.aws_region)
         token: str | None = None
         while True:
-            args: dict[str, Any] = {"Bucket": place.bucket, "Prefix": prefix}
+            args: dict[str, Any] = {"Bucket": ref.bucket, "Prefix": prefix}
             if token:
                 args["ContinuationToken"] = token
             page = await self._run(
-                place.aws_region,
-                f"listing bucket {place.bucket}",
-                partial(client.list_objects_v2, **args, **self._owner[place.aws_region]),
+                ref.aws_region,
+                f"listing bucket {ref.bucket}",
+                partial(client.list_objects_v2, **args, **self._owner[ref.aws_region]),
             )
             for item in page.get("Contents", []):
                 yield StoredObject(item["Key"], int(item["Size"]), None, item["LastModified"])
@@ -809,8 +806,29 @@ class StoragePool:
             if not page.get("IsTruncated") or not token:
                 return
 
+    async def _version_pages(
+        self, ref: BucketRef, prefix: str, delimiter: str | None = None
+    ) -> AsyncIterator[Mapping[str, Any]]:
+        client = self._admit(ref.aws_region)
+        markers: dict[str, str] = {}
+        while True:
+            args: dict[str, Any] = {"Bucket": ref.bucket, "Prefix": prefix, **markers}
+            if delimiter:
+                args["Delimiter"] = delimiter
+            page: Mapping[str, Any] = await self._run(
+                ref.aws_region,
+                f"listing versions in bucket {ref.bucket}",
+                partial(client.list_object_versions, **args, **self._owner[ref.aws_region]),
+            )
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            markers = {"KeyMarker": page["NextKeyMarker"]}
+            if page.get("NextVersionIdMarker"):
+                markers["VersionIdMarker"] = page["NextVersionIdMarker"]
+
     async def list_versions(
-        self, place: Placement, prefix: str
+        self, ref: BucketRef, prefix: str
     ) -> AsyncIterator[tuple[str, str | None, bool]]:
         """Yield (key, version id, is delete marker) for every version under ``prefix``.
 
@@ -818,59 +836,60 @@ class StoragePool:
             StorageError: S3 refused.
             RegionUnavailableError: the region failed after retries.
         """
-        client = self._admit(place.aws_region)
-        markers: dict[str, str] = {}
-        while True:
-            args: dict[str, Any] = {"Bucket": place.bucket, "Prefix": prefix, **markers}
-            page = await self._run(
-                place.aws_region,
-                f"listing versions in bucket {place.bucket}",
-                partial(client.list_object_versions, **args, **self._owner[place.aws_region]),
-            )
+        async for page in self._version_pages(ref, prefix):
             for item in page.get("Versions", []):
                 yield item["Key"], item.get("VersionId"), False
             for item in page.get("DeleteMarkers", []):
                 yield item["Key"], item.get("VersionId"), True
-            if not page.get("IsTruncated"):
-                return
-            markers = {"KeyMarker": page["NextKeyMarker"]}
-            if page.get("NextVersionIdMarker"):
-                markers["VersionIdMarker"] = page["NextVersionIdMarker"]
 
-    async def delete_versions(self, place: Placement, targets: list[tuple[str, str | None]]) -> int:
+    async def list_prefixes(self, ref: BucketRef, prefix: str) -> AsyncIterator[str]:
+        """Yield the next-level ``/`` prefixes under ``prefix`` that hold any version.
+
+        Version listings are used so that a prefix whose objects are all delete-marked is
+        still found.
+
+        Raises:
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        async for page in self._version_pages(ref, prefix, "/"):
+            for item in page.get("CommonPrefixes", []):
+                yield item["Prefix"]
+
+    async def delete_versions(self, ref: BucketRef, targets: list[tuple[str, str | None]]) -> int:
         """Delete the given (key, version id) pairs, 1000 a request; return how many went.
 
         Raises:
             StorageError: S3 refused any of them.
             RegionUnavailableError: the region failed after retries.
         """
-        client = self._admit(place.aws_region)
+        client = self._admit(ref.aws_region)
         deleted = 0
-        for start in range(0, len(targets), 1000):
+        for start in range(0, len(targets), DELETE_BATCH):
             batch = [
                 {"Key": key, **({"VersionId": version} if version else {})}
-                for key, version in targets[start : start + 1000]
+                for key, version in targets[start : start + DELETE_BATCH]
             ]
             response = await self._run(
-                place.aws_region,
-                f"deleting from bucket {place.bucket}",
+                ref.aws_region,
+                f"deleting from bucket {ref.bucket}",
                 partial(
                     client.delete_objects,
-                    Bucket=place.bucket,
+                    Bucket=ref.bucket,
                     Delete={"Objects": batch, "Quiet": True},
-                    **self._owner[place.aws_region],
+                    **self._owner[ref.aws_region],
                 ),
             )
             errors = response.get("Errors", [])
             if errors:
                 raise StorageError(
-                    f"S3 kept {len(errors)} versions in bucket {place.bucket}",
+                    f"S3 kept {len(errors)} versions in bucket {ref.bucket}",
                     code=str(errors[0].get("Code", "")),
                 )
             deleted += len(batch)
         return deleted
 
-    async def delete_object(self, place: Placement, key: str) -> int:
+    async def delete_object(self, ref: BucketRef, key: str) -> int:
         """Delete every version and delete marker of one key; return how many went.
 
         Raises:
@@ -879,10 +898,103 @@ class StoragePool:
         """
         targets = [
             (found, version)
-            async for found, version, _ in self.list_versions(place, key)
+            async for found, version, _ in self.list_versions(ref, key)
             if found == key
         ]
-        return await self.delete_versions(place, targets)
+        return await self.delete_versions(ref, targets)
+
+    async def delete_prefix(self, ref: BucketRef, prefix: str) -> tuple[int, int]:
+        """Delete every version and delete marker under ``prefix``.
+
+        Deletes in batches while listing, so memory stays flat however much is there.
+
+        Returns:
+            (distinct keys, versions and delete markers) deleted.
+
+        Raises:
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        keys: set[str] = set()
+        versions = 0
+        batch: list[tuple[str, str | None]] = []
+        async for key, version, _ in self.list_versions(ref, prefix):
+            keys.add(key)
+            batch.append((key, version))
+            if len(batch) == DELETE_BATCH:
+                versions += await self.delete_versions(ref, batch)
+                batch = []
+        if batch:
+            versions += await self.delete_versions(ref, batch)
+        return len(keys), versions
+
+    async def abort_uploads(
+        self,
+        ref: BucketRef,
+        prefix: str,
+        *,
+        initiated_before: datetime | None = None,
+        key_filter: Callable[[str], bool] | None = None,
+    ) -> int:
+        """Abort multipart uploads under ``prefix`` (older than a time, matching a filter).
+
+        Raises:
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        client = self._admit(ref.aws_region)
+        owner = self._owner[ref.aws_region]
+        targets: list[tuple[str, str]] = []
+        markers: dict[str, str] = {}
+        while True:
+            page = await self._run(
+                ref.aws_region,
+                f"listing multipart uploads in bucket {ref.bucket}",
+                partial(
+                    client.list_multipart_uploads,
+                    Bucket=ref.bucket,
+                    Prefix=prefix,
+                    **markers,
+                    **owner,
+                ),
+            )
+            for upload in page.get("Uploads", []):
+                key, initiated = upload["Key"], upload.get("Initiated")
+                if key_filter is not None and not key_filter(key):
+                    continue
+                if initiated_before is not None and (
+                    initiated is None or initiated >= initiated_before
+                ):
+                    continue
+                targets.append((key, upload["UploadId"]))
+            if not page.get("IsTruncated"):
+                break
+            markers = {
+                "KeyMarker": page.get("NextKeyMarker", ""),
+                "UploadIdMarker": page.get("NextUploadIdMarker", ""),
+            }
+        aborted = 0
+        for key, upload_id in targets:
+            try:
+                await self._run(
+                    ref.aws_region,
+                    f"aborting a multipart upload in bucket {ref.bucket}",
+                    partial(
+                        client.abort_multipart_upload,
+                        Bucket=ref.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        **owner,
+                    ),
+                )
+            except ObjectNotFoundError:
+                continue
+            except StorageError as exc:
+                if exc.code != "NoSuchUpload":
+                    raise
+                continue  # finished or aborted meanwhile: idempotent
+            aborted += 1
+        return aborted
 
 
 def _key_problem(place: Placement, response: Mapping[str, Any]) -> str | None:

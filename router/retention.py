@@ -1,0 +1,136 @@
+"""Retention: the purge of expired inputs and outputs, and the erasure of an org's data."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from functools import partial
+from types import MappingProxyType
+from typing import TypeVar
+
+from router.errors import first_error
+from router.policy import expiry_day_of, is_expired, org_prefix, split_object_key
+from router.regions import RegionConfig, RegionMap
+from router.storage import BucketRef, StoragePool
+from router.types import (
+    KEY_ROOT,
+    DataClass,
+    ErasureReceipt,
+    OrgId,
+    PurgeReport,
+    Region,
+    RegionPurge,
+    org_id_problem,
+)
+
+T = TypeVar("T")
+
+STALE_UPLOAD_AGE = timedelta(days=1)
+INPUTS_OUTPUTS = DataClass.INPUTS_OUTPUTS.value
+
+
+def _is_inputs_outputs_key(key: str) -> bool:
+    parsed = split_object_key(key)
+    return parsed is not None and parsed[1] is DataClass.INPUTS_OUTPUTS
+
+
+class RetentionSweeper:
+    """Deletes what retention says must go: expired exchanges, erased orgs.
+
+    The purge lists expiry-day prefixes from version listings (so fully delete-marked days
+    are found too), reads no object tags and never consults the org directory: data of orgs
+    that have left the directory is purged all the same.
+    """
+
+    def __init__(
+        self, storage: StoragePool, region_map: RegionMap, *, concurrency: int = 8
+    ) -> None:
+        self._storage = storage
+        self._map = region_map
+        self._concurrency = concurrency
+
+    async def purge(self, now: datetime) -> PurgeReport:
+        """Purge every region; all regions are attempted before any error is raised.
+
+        Raises:
+            ResidencyError: the first region failure (violations first), after every
+                region was attempted.
+        """
+        configs = list(self._map)
+        results = await asyncio.gather(
+            *(self.purge_region(cfg, now) for cfg in configs), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise first_error(BaseExceptionGroup("purge failed", errors)) from None
+        by_region: dict[Region, RegionPurge] = {}
+        for cfg, result in zip(configs, results, strict=True):
+            assert isinstance(result, RegionPurge)
+            by_region[cfg.region] = result
+        return PurgeReport(now=now, by_region=MappingProxyType(by_region))
+
+    async def purge_region(self, cfg: RegionConfig, now: datetime) -> RegionPurge:
+        """Delete expired inputs/outputs (every version) and stale uploads in one region.
+
+        Raises:
+            ResidencyError: the region failed or refused.
+        """
+        storage = self._storage
+        orgs = [
+            prefix
+            async for prefix in storage.list_prefixes(cfg, f"{KEY_ROOT}/")
+            if org_id_problem(prefix[len(KEY_ROOT) + 1 : -1]) is None
+        ]
+        counts = await self._bounded(
+            [partial(self._purge_org, cfg, prefix, now) for prefix in orgs]
+        )
+        uploads = await storage.abort_uploads(
+            cfg,
+            f"{KEY_ROOT}/",
+            initiated_before=now - STALE_UPLOAD_AGE,
+            key_filter=_is_inputs_outputs_key,
+        )
+        return RegionPurge(
+            objects=sum(c[0] for c in counts),
+            versions=sum(c[1] for c in counts),
+            uploads_aborted=uploads,
+        )
+
+    async def _purge_org(self, ref: BucketRef, prefix: str, now: datetime) -> tuple[int, int]:
+        objects = versions = 0
+        async for day_prefix in self._storage.list_prefixes(ref, f"{prefix}{INPUTS_OUTPUTS}/"):
+            day = expiry_day_of(day_prefix)
+            if day is None or not is_expired(day, now):
+                continue
+            deleted = await self._storage.delete_prefix(ref, day_prefix)
+            objects += deleted[0]
+            versions += deleted[1]
+        return objects, versions
+
+    async def erase(
+        self, ref: BucketRef, org_id: OrgId, region: Region, data_class: DataClass | None
+    ) -> ErasureReceipt:
+        """Delete all of an org's data (or one class) and abort its uploads; idempotent.
+
+        Raises:
+            ResidencyError: the region failed or refused.
+        """
+        prefix = org_prefix(org_id, data_class)
+        objects, versions = await self._storage.delete_prefix(ref, prefix)
+        uploads = await self._storage.abort_uploads(ref, prefix)
+        return ErasureReceipt(org_id, region, data_class, objects, versions, uploads)
+
+    async def _bounded(self, jobs: list[Callable[[], Awaitable[T]]]) -> list[T]:
+        limit = asyncio.Semaphore(self._concurrency)
+
+        async def run(job: Callable[[], Awaitable[T]]) -> T:
+            async with limit:
+                return await job()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(run(job)) for job in jobs]
+        except BaseExceptionGroup as exc:
+            raise first_error(exc) from None
+        return [task.result() for task in tasks]
