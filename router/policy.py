@@ -34,6 +34,7 @@ from router.types import (
 )
 
 MAX_FULL_KEY_BYTES = 1024
+STALE_UPLOAD_AGE = timedelta(days=1)
 
 
 def parse_org_id(value: object) -> OrgId:
@@ -376,6 +377,17 @@ def expiry_day_of(day_prefix: str) -> date | None:
 def is_expired(day: date, now: datetime) -> bool:
     """Return True when data whose expiry day is ``day`` must be purged at ``now``."""
     return day <= _utc(now).date()
+
+
+def is_stale_exchange_upload(key: str, initiated: datetime | None, now: datetime) -> bool:
+    """Return True for an inputs/outputs multipart upload started over a day before ``now``.
+
+    An upload with no start time is treated as stale: an exchange upload takes seconds.
+    """
+    parsed = split_object_key(key)
+    if parsed is None or parsed[1] is not DataClass.INPUTS_OUTPUTS:
+        return False
+    return initiated is None or _utc(initiated) < _utc(now) - STALE_UPLOAD_AGE
 
 
 def _utc(moment: datetime) -> datetime:

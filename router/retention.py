@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from types import MappingProxyType
 from typing import TypeVar
 
 from router.errors import first_error
-from router.policy import expiry_day_of, is_expired, org_prefix, split_object_key
+from router.policy import expiry_day_of, is_expired, is_stale_exchange_upload, org_prefix
 from router.regions import RegionConfig, RegionMap
 from router.storage import BucketRef, StoragePool
 from router.types import (
@@ -26,13 +26,7 @@ from router.types import (
 
 T = TypeVar("T")
 
-STALE_UPLOAD_AGE = timedelta(days=1)
 INPUTS_OUTPUTS = DataClass.INPUTS_OUTPUTS.value
-
-
-def _is_inputs_outputs_key(key: str) -> bool:
-    parsed = split_object_key(key)
-    return parsed is not None and parsed[1] is DataClass.INPUTS_OUTPUTS
 
 
 class RetentionSweeper:
@@ -86,10 +80,7 @@ class RetentionSweeper:
             [partial(self._purge_org, cfg, prefix, now) for prefix in orgs]
         )
         uploads = await storage.abort_uploads(
-            cfg,
-            f"{KEY_ROOT}/",
-            initiated_before=now - STALE_UPLOAD_AGE,
-            key_filter=_is_inputs_outputs_key,
+            cfg, f"{KEY_ROOT}/", select=partial(is_stale_exchange_upload, now=now)
         )
         return RegionPurge(
             objects=sum(c[0] for c in counts),

@@ -933,10 +933,9 @@ class StoragePool:
         ref: BucketRef,
         prefix: str,
         *,
-        initiated_before: datetime | None = None,
-        key_filter: Callable[[str], bool] | None = None,
+        select: Callable[[str, datetime | None], bool] | None = None,
     ) -> int:
-        """Abort multipart uploads under ``prefix`` (older than a time, matching a filter).
+        """Abort multipart uploads under ``prefix`` (those ``select(key, initiated)`` picks).
 
         Raises:
             StorageError: S3 refused.
@@ -960,11 +959,7 @@ class StoragePool:
             )
             for upload in page.get("Uploads", []):
                 key, initiated = upload["Key"], upload.get("Initiated")
-                if key_filter is not None and not key_filter(key):
-                    continue
-                if initiated_before is not None and (
-                    initiated is None or initiated >= initiated_before
-                ):
+                if select is not None and not select(key, initiated):
                     continue
                 targets.append((key, upload["UploadId"]))
             if not page.get("IsTruncated"):

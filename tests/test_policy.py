@@ -1,10 +1,22 @@
 from __future__ import annotations
 
+import base64
+import json
+from datetime import UTC, date, datetime, timedelta, timezone
+
 import pytest
 
-from router.errors import ConfigError, InvalidKeyError
+from router.errors import ConfigError, InvalidKeyError, ProcessingNotEligibleError
 from router.policy import (
+    WriteDecision,
+    decide_exchange,
+    decide_processing,
     decide_put,
+    exchange_document,
+    expiry_day_of,
+    explain,
+    is_expired,
+    is_stale_exchange_upload,
     key_problem,
     object_key,
     parse_data_class,
@@ -13,7 +25,7 @@ from router.policy import (
     split_object_key,
 )
 from router.regions import RegionMap
-from router.types import DataClass, OrgId, OrgResidency, Region
+from router.types import DataClass, Operation, OrgId, OrgResidency, Region
 from tests.conftest import REGIONS_FILE
 
 MAP = RegionMap.load(REGIONS_FILE)
@@ -173,3 +185,292 @@ def test_decide_put_refuses_inputs_outputs() -> None:
     org = OrgResidency(OrgId("o"), Region.US)
     with pytest.raises(InvalidKeyError, match="record_exchange"):
         decide_put(org, placement(org, MAP, ARNS), DataClass.INPUTS_OUTPUTS, "k")
+
+
+# -- processing, exchanges, explain ---------------------------------------------------
+
+NOW = datetime(2026, 11, 21, 22, 30, 5, tzinfo=UTC)
+PINNED_EU = OrgResidency(OrgId("p"), Region.EU, processing_region=Region.EU)
+PINNED_US = OrgResidency(OrgId("p"), Region.JP, processing_region=Region.US)
+UNPINNED = OrgResidency(OrgId("u"), Region.KR)
+
+
+@pytest.mark.parametrize(
+    ("org", "endpoint", "region", "url"),
+    [
+        pytest.param(
+            PINNED_EU,
+            "/v1/chat/completions",
+            Region.EU,
+            "https://eu.example.invalid/v1/chat/completions",
+            id="pinned-eu-regional",
+        ),
+        pytest.param(
+            PINNED_US,
+            "/v1/audio/transcriptions",
+            Region.US,
+            "https://us.example.invalid/v1/audio/transcriptions",
+            id="pinned-us-regional",
+        ),
+        pytest.param(
+            UNPINNED,
+            "/v1/chat/completions",
+            Region.US,
+            "https://us.example.invalid/v1/chat/completions",
+            id="unpinned-default",
+        ),
+        pytest.param(
+            UNPINNED,
+            "/v1/fine_tuning/jobs",
+            Region.US,
+            "https://us.example.invalid/v1/fine_tuning/jobs",
+            id="unpinned-non-regional",
+        ),
+    ],
+)
+def test_decide_processing_routes(
+    org: OrgResidency, endpoint: str, region: Region, url: str
+) -> None:
+    route = decide_processing(org, MAP, endpoint)
+    assert route.region is region
+    assert route.url == url
+    assert type(route.url) is str
+    assert endpoint in route.reason
+
+
+@pytest.mark.parametrize(
+    ("org", "endpoint", "message"),
+    [
+        pytest.param(PINNED_EU, "/v1/fine_tuning/jobs", "not regional", id="pinned-non-regional"),
+        pytest.param(PINNED_EU, "/v1/embeddings", "not listed", id="pinned-unlisted"),
+        pytest.param(UNPINNED, "/v1/embeddings", "not listed", id="unpinned-unlisted"),
+        pytest.param(UNPINNED, "/v1/chat/completions/", "not listed", id="trailing-slash"),
+        pytest.param(UNPINNED, "v1/chat/completions", "not listed", id="no-leading-slash"),
+        pytest.param(UNPINNED, "/V1/chat/completions", "not listed", id="case"),
+        pytest.param(UNPINNED, "/v1/chat/completions?x=1", "not listed", id="query"),
+        pytest.param(UNPINNED, None, "not listed", id="none"),
+    ],
+)
+def test_decide_processing_refuses(org: OrgResidency, endpoint: object, message: str) -> None:
+    with pytest.raises(ProcessingNotEligibleError, match=message):
+        decide_processing(org, MAP, endpoint)
+
+
+def exchange(org: OrgResidency, endpoint: str) -> WriteDecision:
+    return decide_exchange(org, placement(org, MAP, ARNS), MAP, endpoint, NOW, "abc123")
+
+
+@pytest.mark.parametrize(
+    ("org", "endpoint", "store", "reason"),
+    [
+        pytest.param(UNPINNED, "/v1/chat/completions", True, "30 days", id="default-window"),
+        pytest.param(
+            OrgResidency(OrgId("z"), Region.JP, zero_data_retention=True),
+            "/v1/chat/completions",
+            False,
+            "zero data retention",
+            id="zdr",
+        ),
+        pytest.param(UNPINNED, "/v1/audio/transcriptions", False, "never retains", id="no-retain"),
+        pytest.param(PINNED_EU, "/v1/fine_tuning/jobs", True, "kept", id="pinned-non-regional"),
+        pytest.param(
+            OrgResidency(OrgId("w"), Region.CA, retention_days=7),
+            "/v1/chat/completions",
+            True,
+            "7 days",
+            id="seven-days",
+        ),
+    ],
+)
+def test_decide_exchange(org: OrgResidency, endpoint: str, store: bool, reason: str) -> None:
+    decision = exchange(org, endpoint)
+    assert decision.store is store
+    assert reason in decision.reason
+    assert decision.data_class is DataClass.INPUTS_OUTPUTS
+    assert decision.placement.region is org.region  # storage region, never processing
+    expires = NOW + timedelta(days=org.retention_days)
+    assert decision.expires_at == expires
+    day = expires.strftime("%Y-%m-%d")
+    assert decision.key == f"orgs/{org.org_id}/inputs_outputs/{day}{endpoint}/abc123.json"
+    assert decision.tags["residency-retention"] == f"{org.retention_days}d"
+    assert decision.tags["residency-expires"] == expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert decision.tags["residency-class"] == "inputs_outputs"
+
+
+def test_decide_exchange_refuses_window_outside_allowed_days() -> None:
+    org = OrgResidency(OrgId("o"), Region.US, retention_days=14)
+    with pytest.raises(ConfigError, match="allowed_days"):
+        exchange(org, "/v1/chat/completions")
+
+
+def test_decide_exchange_refuses_unlisted_endpoint() -> None:
+    with pytest.raises(ProcessingNotEligibleError):
+        exchange(UNPINNED, "/v1/embeddings")
+
+
+@pytest.mark.parametrize(
+    ("request_body", "response_body", "encoding"),
+    [
+        pytest.param(b'{"q": "hi"}', "réponse".encode(), "utf-8", id="utf8"),
+        pytest.param(b"\xff\xfe\x00", b"ok", "base64", id="binary-request"),
+        pytest.param(b"ok", b"\x80", "base64", id="binary-response"),
+    ],
+)
+def test_exchange_document_encodes_bodies(
+    request_body: bytes, response_body: bytes, encoding: str
+) -> None:
+    doc = json.loads(exchange_document("/v1/chat/completions", NOW, request_body, response_body))
+    assert set(doc) == {"endpoint", "recorded_at", "encoding", "request", "response"}
+    assert doc["encoding"] == encoding
+    assert doc["recorded_at"] == "2026-11-21T22:30:05Z"
+    decode = (lambda v: base64.b64decode(v)) if encoding == "base64" else (lambda v: v.encode())
+    assert decode(doc["request"]) == request_body
+    assert decode(doc["response"]) == response_body
+
+
+@pytest.mark.parametrize(
+    ("prefix", "day"),
+    [
+        ("orgs/o/inputs_outputs/2026-12-21/", date(2026, 12, 21)),
+        ("orgs/o/inputs_outputs/2026-13-01/", None),
+        ("orgs/o/files/2026-12-21/", None),
+        ("orgs/o/inputs_outputs/latest/", None),
+        ("other/o/inputs_outputs/2026-12-21/", None),
+    ],
+)
+def test_expiry_day_of_prefix(prefix: str, day: date | None) -> None:
+    assert expiry_day_of(prefix) == day
+
+
+@pytest.mark.parametrize(
+    ("day", "expired"),
+    [
+        (date(2026, 11, 20), True),
+        (date(2026, 11, 21), True),
+        (date(2026, 11, 22), False),
+    ],
+)
+def test_is_expired_on_or_before_utc_date(day: date, expired: bool) -> None:
+    assert is_expired(day, NOW) is expired
+    # 01:00 on the 22nd in UTC+3 is still the 21st in UTC.
+    local = datetime(2026, 11, 22, 1, 0, tzinfo=timezone(timedelta(hours=3)))
+    assert is_expired(day, local) is expired
+
+
+@pytest.mark.parametrize(
+    ("operation", "data_class", "endpoint", "store", "key_start", "has_route"),
+    [
+        pytest.param(Operation.PUT, None, None, True, "orgs/p/files/", False, id="put"),
+        pytest.param(
+            Operation.PUT,
+            DataClass.INPUTS_OUTPUTS,
+            None,
+            False,
+            "orgs/p/inputs_outputs/",
+            False,
+            id="put-io",
+        ),
+        pytest.param(Operation.GET, None, None, False, "orgs/p/files/", False, id="get"),
+        pytest.param(
+            Operation.DELETE,
+            DataClass.FINE_TUNING,
+            None,
+            False,
+            "orgs/p/fine_tuning/",
+            False,
+            id="delete",
+        ),
+        pytest.param(
+            Operation.RECORD_EXCHANGE,
+            None,
+            "/v1/chat/completions",
+            True,
+            "orgs/p/inputs_outputs/2026-12-21/v1/chat/completions/",
+            False,
+            id="record",
+        ),
+        pytest.param(
+            Operation.ROUTE_PROCESSING,
+            None,
+            "/v1/chat/completions",
+            False,
+            None,
+            True,
+            id="route",
+        ),
+        pytest.param(Operation.ERASE, None, None, False, "orgs/p/", False, id="erase"),
+    ],
+)
+def test_explain_describes_each_operation(
+    operation: Operation,
+    data_class: DataClass | None,
+    endpoint: str | None,
+    store: bool,
+    key_start: str | None,
+    has_route: bool,
+) -> None:
+    place = placement(PINNED_EU, MAP, ARNS)
+    result = explain(PINNED_EU, place, MAP, operation, data_class, endpoint, NOW)
+    assert result.operation is operation
+    assert result.placement == place
+    assert result.store is store
+    if key_start is None:
+        assert result.key is None
+    else:
+        assert result.key is not None
+        assert result.key.startswith(key_start)
+    assert (result.processing_route is not None) is has_route
+    assert "placement" in result.rules
+    assert "store" in result.rules
+    if operation is Operation.RECORD_EXCHANGE:
+        assert result.expires_at == NOW + timedelta(days=30)
+        assert result.tags["residency-expires"] == "2026-12-21T22:30:05Z"
+
+
+def test_explain_names_refusal_for_ineligible_endpoint() -> None:
+    place = placement(PINNED_EU, MAP, ARNS)
+    result = explain(
+        PINNED_EU, place, MAP, Operation.ROUTE_PROCESSING, None, "/v1/fine_tuning/jobs", NOW
+    )
+    assert result.processing_route is None
+    assert "ProcessingNotEligibleError" in result.rules["processing"]
+
+
+def test_explain_zdr_record_is_a_skip() -> None:
+    org = OrgResidency(OrgId("z"), Region.JP, zero_data_retention=True)
+    result = explain(
+        org,
+        placement(org, MAP, ARNS),
+        MAP,
+        Operation.RECORD_EXCHANGE,
+        None,
+        "/v1/chat/completions",
+        NOW,
+    )
+    assert result.store is False
+    assert "zero data retention" in result.rules["store"]
+
+
+@pytest.mark.parametrize(
+    ("key", "initiated", "stale"),
+    [
+        pytest.param(
+            "orgs/o/inputs_outputs/2026-12-21/v1/x/a.json",
+            NOW - timedelta(days=2),
+            True,
+            id="two-days",
+        ),
+        pytest.param(
+            "orgs/o/inputs_outputs/2026-12-21/v1/x/a.json",
+            NOW - timedelta(hours=23),
+            False,
+            id="23-hours",
+        ),
+        pytest.param("orgs/o/inputs_outputs/2026-12-21/v1/x/a.json", None, True, id="no-time"),
+        pytest.param("orgs/o/files/a.bin", NOW - timedelta(days=30), False, id="files"),
+        pytest.param("orgs/o/fine_tuning/a.bin", NOW - timedelta(days=30), False, id="ft"),
+        pytest.param("elsewhere/a.json", NOW - timedelta(days=30), False, id="not-ours"),
+    ],
+)
+def test_stale_exchange_upload(key: str, initiated: datetime | None, stale: bool) -> None:
+    assert is_stale_exchange_upload(key, initiated, NOW) is stale

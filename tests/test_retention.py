@@ -1,0 +1,436 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from router.errors import (
+    InvalidKeyError,
+    ProcessingNotEligibleError,
+    ResidencyViolationError,
+    UnknownOrgError,
+)
+from router.orgs import StaticOrgDirectory
+from router.routing import ResidencyRouter
+from router.testing import ResidencyWorld
+from router.types import DataClass, Operation, OrgId, OrgResidency, Region
+from tests.conftest import RequestLog
+
+T0 = datetime(2026, 11, 21, 10, 0, 0, tzinfo=UTC)
+
+
+class FrozenClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def org(org_id: str, region: Region, **kwargs: Any) -> OrgResidency:
+    return OrgResidency(OrgId(org_id), region, **kwargs)
+
+
+ORGS = {
+    "org-stars": org("org-stars", Region.US),
+    "org-acme": org("org-acme", Region.EU, processing_region=Region.EU),
+    "org-acme2": org("org-acme2", Region.EU),
+    "org-kiku": org("org-kiku", Region.JP, zero_data_retention=True),
+    "org-lark": org("org-lark", Region.CA, training_opt_in=True, retention_days=7),
+    "org-split": org("org-split", Region.JP, processing_region=Region.EU),
+}
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(T0)
+
+
+@pytest.fixture
+def directory() -> StaticOrgDirectory:
+    return StaticOrgDirectory(ORGS)
+
+
+@pytest.fixture
+async def router(
+    residency_world: ResidencyWorld, directory: StaticOrgDirectory, clock: FrozenClock
+) -> AsyncIterator[ResidencyRouter]:
+    settings = residency_world.settings()
+    async with ResidencyRouter.from_settings(settings, directory=directory, clock=clock) as r:
+        yield r
+
+
+@pytest.fixture
+def requests_sent(router: ResidencyRouter) -> RequestLog:
+    log = RequestLog()
+    router.storage.register("before-send.s3", log)
+    return log
+
+
+def versions_under(world: ResidencyWorld, region: str, prefix: str) -> list[dict[str, Any]]:
+    return [v for v in world.all_versions(region) if v["Key"].startswith(prefix)]
+
+
+# -- processing -----------------------------------------------------------------------
+
+
+async def test_route_processing_follows_pin_and_sends_nothing(
+    router: ResidencyRouter, requests_sent: RequestLog
+) -> None:
+    route = await router.route_processing("org-acme", "/v1/chat/completions")
+    assert (route.region, route.url) == (
+        Region.EU,
+        "https://eu.example.invalid/v1/chat/completions",
+    )
+    route = await router.route_processing("org-split", "/v1/audio/transcriptions")
+    assert route.region is Region.EU
+    route = await router.route_processing("org-stars", "/v1/fine_tuning/jobs")
+    assert route.url == "https://us.example.invalid/v1/fine_tuning/jobs"
+    assert len(requests_sent) == 0
+
+
+async def test_route_processing_refuses_ineligible_calls(router: ResidencyRouter) -> None:
+    with pytest.raises(ProcessingNotEligibleError, match="not regional"):
+        await router.route_processing("org-acme", "/v1/fine_tuning/jobs")
+    with pytest.raises(ProcessingNotEligibleError, match="not listed"):
+        await router.route_processing("org-stars", "/v1/embeddings")
+    with pytest.raises(UnknownOrgError):
+        await router.route_processing("org-nobody", "/v1/chat/completions")
+
+
+# -- recording exchanges --------------------------------------------------------------
+
+
+async def test_record_exchange_stores_json_in_storage_region_with_retention_tags(
+    router: ResidencyRouter, residency_world: ResidencyWorld
+) -> None:
+    receipt = await router.record_exchange(
+        "org-split", "/v1/chat/completions", request=b'{"q": 1}', response=b'{"a": 2}'
+    )
+    # org-split stores in jp and processes in eu: recording is storage, so jp.
+    assert receipt.stored is True
+    assert receipt.region is Region.JP
+    assert receipt.data_class is DataClass.INPUTS_OUTPUTS
+    assert receipt.key.startswith("orgs/org-split/inputs_outputs/2026-12-21/v1/chat/completions/")
+    assert receipt.key.endswith(".json")
+    caller_key = receipt.key.split("/inputs_outputs/", 1)[1]
+    head = residency_world.assert_stored_in(
+        "org-split", caller_key, "jp", data_class="inputs_outputs"
+    )
+    assert head["ContentType"] == "application/json"
+    residency_world.assert_nothing_outside("jp")
+    s3 = residency_world.s3("jp")
+    body = s3.get_object(Bucket=residency_world.bucket("jp"), Key=receipt.key)["Body"].read()
+    assert json.loads(body) == {
+        "endpoint": "/v1/chat/completions",
+        "recorded_at": "2026-11-21T10:00:00Z",
+        "encoding": "utf-8",
+        "request": '{"q": 1}',
+        "response": '{"a": 2}',
+    }
+    tags = s3.get_object_tagging(Bucket=residency_world.bucket("jp"), Key=receipt.key)["TagSet"]
+    assert {t["Key"]: t["Value"] for t in tags} == {
+        "residency-org": "org-split",
+        "residency-class": "inputs_outputs",
+        "residency-retention": "30d",
+        "residency-expires": "2026-12-21T10:00:00Z",
+        "residency-training": "opt-out",
+    }
+
+
+async def test_record_exchange_for_pinned_org_on_non_regional_endpoint_is_stored(
+    router: ResidencyRouter, residency_world: ResidencyWorld
+) -> None:
+    receipt = await router.record_exchange(
+        "org-acme", "/v1/fine_tuning/jobs", request=b"\x00\xff", response=b"ok"
+    )
+    assert receipt.stored is True
+    s3 = residency_world.s3("eu")
+    doc = json.loads(
+        s3.get_object(Bucket=residency_world.bucket("eu"), Key=receipt.key)["Body"].read()
+    )
+    assert doc["encoding"] == "base64"
+
+
+async def test_zdr_exchange_never_reaches_s3(
+    router: ResidencyRouter, residency_world: ResidencyWorld, requests_sent: RequestLog
+) -> None:
+    receipt = await router.record_exchange(
+        "org-kiku", "/v1/chat/completions", request=b"secret prompt", response=b"answer"
+    )
+    assert receipt.stored is False
+    assert "zero data retention" in receipt.reason
+    assert receipt.version_id is None
+    assert len(requests_sent) == 0
+    assert residency_world.all_versions("jp") == []
+
+
+async def test_zdr_exchange_skips_even_when_region_is_quarantined(
+    residency_world: ResidencyWorld, directory: StaticOrgDirectory, clock: FrozenClock
+) -> None:
+    s3 = residency_world.s3("jp")
+    s3.delete_bucket_lifecycle(Bucket=residency_world.bucket("jp"))
+    s3.delete_bucket(Bucket=residency_world.bucket("jp"))
+    settings = residency_world.settings(verify_on_start="quarantine")
+    async with ResidencyRouter.from_settings(settings, directory=directory, clock=clock) as r:
+        log = RequestLog()
+        r.storage.register("before-send.s3", log)
+        receipt = await r.record_exchange(
+            "org-kiku", "/v1/chat/completions", request=b"p", response=b"r"
+        )
+        assert receipt.stored is False
+        assert len(log) == 0
+
+
+async def test_non_retaining_endpoint_is_never_stored(
+    router: ResidencyRouter, residency_world: ResidencyWorld, requests_sent: RequestLog
+) -> None:
+    receipt = await router.record_exchange(
+        "org-stars", "/v1/audio/transcriptions", request=b"audio", response=b"text"
+    )
+    assert receipt.stored is False
+    assert "never retains data" in receipt.reason
+    assert len(requests_sent) == 0
+
+
+async def test_record_exchange_refuses_unlisted_endpoint_and_bad_bodies(
+    router: ResidencyRouter, requests_sent: RequestLog
+) -> None:
+    with pytest.raises(ProcessingNotEligibleError):
+        await router.record_exchange("org-stars", "/v1/embeddings", request=b"", response=b"")
+    with pytest.raises(InvalidKeyError, match="request must be bytes"):
+        await router.record_exchange(
+            "org-stars",
+            "/v1/chat/completions",
+            request="text",  # type: ignore[arg-type]
+            response=b"",
+        )
+    assert len(requests_sent) == 0
+
+
+# -- purge ----------------------------------------------------------------------------
+
+
+async def test_purge_deletes_expired_days_every_version_and_marker(
+    router: ResidencyRouter, residency_world: ResidencyWorld, clock: FrozenClock
+) -> None:
+    lark = await router.record_exchange(
+        "org-lark", "/v1/chat/completions", request=b"q", response=b"a"
+    )  # 7 days: expires 2026-11-28
+    lark2 = await router.record_exchange(
+        "org-lark", "/v1/chat/completions", request=b"q2", response=b"a2"
+    )
+    stars = await router.record_exchange(
+        "org-stars", "/v1/chat/completions", request=b"q", response=b"a"
+    )  # 30 days: expires 2026-12-21
+    await router.put("org-lark", "keep/me.txt", b"files are never purged by age")
+    ca = residency_world.s3("ca")
+    # A second version and a delete marker must go too.
+    ca.put_object(
+        Bucket=residency_world.bucket("ca"),
+        Key=lark.key,
+        Body=b"v2",
+        ServerSideEncryption="aws:kms",
+        SSEKMSKeyId=residency_world.key_arn("ca"),
+    )
+    ca.delete_object(Bucket=residency_world.bucket("ca"), Key=lark2.key)
+
+    report = await router.purge_expired(now=T0 + timedelta(days=6, hours=13))
+    assert report.by_region[Region.CA].versions == 0
+    assert versions_under(residency_world, "ca", "orgs/org-lark/inputs_outputs/")
+
+    report = await router.purge_expired(now=datetime(2026, 11, 28, 0, 0, 1, tzinfo=UTC))
+    assert report.by_region[Region.CA].objects == 2
+    assert report.by_region[Region.CA].versions == 4  # 2 + 1 extra version + 1 marker
+    assert versions_under(residency_world, "ca", "orgs/org-lark/inputs_outputs/") == []
+    assert versions_under(residency_world, "ca", "orgs/org-lark/files/keep/me.txt")
+    assert versions_under(residency_world, "us", stars.key)
+    assert set(report.by_region) == set(Region)
+
+    clock.now = datetime(2026, 12, 21, 23, 59, tzinfo=UTC)
+    report = await router.purge_expired()
+    assert report.by_region[Region.US].objects == 1
+    assert versions_under(residency_world, "us", "orgs/org-stars/inputs_outputs/") == []
+    assert versions_under(residency_world, "ca", "orgs/org-lark/files/keep/me.txt")
+
+
+async def test_purge_finds_fully_delete_marked_days_and_departed_orgs(
+    router: ResidencyRouter, residency_world: ResidencyWorld, residency_settings: Any
+) -> None:
+    departed = await router.record_exchange(
+        "org-acme2", "/v1/chat/completions", request=b"q", response=b"a"
+    )
+    eu = residency_world.s3("eu")
+    eu.delete_object(Bucket=residency_world.bucket("eu"), Key=departed.key)  # only a marker now
+    # A router whose directory no longer knows org-acme2 purges its data all the same.
+    async with ResidencyRouter.from_settings(
+        residency_settings, directory=StaticOrgDirectory({})
+    ) as other:
+        report = await other.purge_expired(now=T0 + timedelta(days=31))
+    assert report.by_region[Region.EU].versions == 2
+    assert versions_under(residency_world, "eu", "orgs/org-acme2/") == []
+
+
+async def test_purge_aborts_stale_inputs_outputs_uploads_only(
+    router: ResidencyRouter, residency_world: ResidencyWorld
+) -> None:
+    s3 = residency_world.s3("us")
+    bucket = residency_world.bucket("us")
+    stale = s3.create_multipart_upload(
+        Bucket=bucket, Key="orgs/org-stars/inputs_outputs/2099-01-01/v1/x/a.json"
+    )["UploadId"]
+    files = s3.create_multipart_upload(Bucket=bucket, Key="orgs/org-stars/files/big.bin")[
+        "UploadId"
+    ]
+    # moto reports every upload as initiated in 2010: the age rule is tested in test_policy.
+    report = await router.purge_expired(now=datetime.now(UTC))
+    assert report.by_region[Region.US].uploads_aborted == 1
+    left = {u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
+    assert left == {files}
+    assert stale not in left
+
+
+async def test_purge_refuses_naive_time(router: ResidencyRouter) -> None:
+    with pytest.raises(InvalidKeyError, match="timezone"):
+        await router.purge_expired(now=datetime(2026, 1, 1))
+
+
+# -- erasure --------------------------------------------------------------------------
+
+
+async def test_erase_org_removes_every_version_and_upload_and_nothing_else(
+    router: ResidencyRouter, residency_world: ResidencyWorld
+) -> None:
+    await router.put("org-acme", "a.txt", b"1")
+    await router.put("org-acme", "a.txt", b"2")
+    await router.put("org-acme", "ft/data.jsonl", b"3", data_class="fine_tuning")
+    await router.record_exchange("org-acme", "/v1/chat/completions", request=b"q", response=b"a")
+    await router.put("org-acme2", "a.txt", b"neighbour")
+    eu = residency_world.s3("eu")
+    bucket = residency_world.bucket("eu")
+    eu.delete_object(Bucket=bucket, Key="orgs/org-acme/files/a.txt")
+    eu.create_multipart_upload(Bucket=bucket, Key="orgs/org-acme/files/partial.bin")
+    neighbour_upload = eu.create_multipart_upload(Bucket=bucket, Key="orgs/org-acme2/files/p.bin")
+
+    receipt = await router.erase_org("org-acme", data_class="fine_tuning")
+    assert (receipt.objects_deleted, receipt.versions_deleted) == (1, 1)
+    assert versions_under(residency_world, "eu", "orgs/org-acme/fine_tuning/") == []
+    assert versions_under(residency_world, "eu", "orgs/org-acme/files/a.txt")
+
+    receipt = await router.erase_org("org-acme")
+    assert receipt.region is Region.EU
+    assert receipt.data_class is None
+    assert receipt.objects_deleted == 2  # files/a.txt, one exchange
+    assert receipt.versions_deleted == 4  # two versions + marker + exchange
+    assert receipt.uploads_aborted == 1
+    assert versions_under(residency_world, "eu", "orgs/org-acme/") == []
+    assert versions_under(residency_world, "eu", "orgs/org-acme2/")
+    uploads = eu.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["UploadId"] for u in uploads] == [neighbour_upload["UploadId"]]
+
+    again = await router.erase_org("org-acme")
+    assert (again.objects_deleted, again.versions_deleted, again.uploads_aborted) == (0, 0, 0)
+
+
+async def test_erase_org_for_departed_org_needs_its_region(
+    residency_world: ResidencyWorld, router: ResidencyRouter, residency_settings: Any
+) -> None:
+    await router.put("org-lark", "a.txt", b"1")
+    async with ResidencyRouter.from_settings(
+        residency_settings, directory=StaticOrgDirectory({})
+    ) as other:
+        with pytest.raises(UnknownOrgError):
+            await other.erase_org("org-lark")
+        receipt = await other.erase_org("org-lark", region="ca")
+    assert receipt.versions_deleted == 1
+    assert versions_under(residency_world, "ca", "orgs/org-lark/") == []
+
+
+async def test_erase_org_refuses_region_contradicting_directory(
+    router: ResidencyRouter, residency_world: ResidencyWorld, requests_sent: RequestLog
+) -> None:
+    await router.put("org-lark", "a.txt", b"1")
+    requests_sent.requests.clear()
+    with pytest.raises(ResidencyViolationError, match="lives in ca"):
+        await router.erase_org("org-lark", region="us")
+    with pytest.raises(InvalidKeyError, match="residency region"):
+        await router.erase_org("org-lark", region="mars")
+    assert len(requests_sent) == 0
+    assert versions_under(residency_world, "ca", "orgs/org-lark/")
+
+
+# -- training -------------------------------------------------------------------------
+
+
+async def test_non_opted_in_org_lists_nothing_for_training(
+    router: ResidencyRouter, requests_sent: RequestLog
+) -> None:
+    await router.put("org-stars", "a.txt", b"1")
+    requests_sent.requests.clear()
+    assert [o async for o in router.list_training_eligible("org-stars")] == []
+    assert len(requests_sent) == 0
+
+
+async def test_training_listing_checks_org_now_and_object_tag(
+    residency_world: ResidencyWorld, clock: FrozenClock
+) -> None:
+    records = dict(ORGS)
+    directory = StaticOrgDirectory(records)
+    async with ResidencyRouter.from_settings(
+        residency_world.settings(), directory=directory, clock=clock
+    ) as r:
+        for i in range(3):
+            await r.put("org-lark", f"in/{i}.txt", b"x")
+        # Opt out: later writes carry opt-out, earlier objects stay opt-in on their tag.
+        directory._orgs["org-lark"] = org(
+            "org-lark", Region.CA, retention_days=7, training_opt_in=False
+        )
+        r.invalidate("org-lark")
+        assert [o async for o in r.list_training_eligible("org-lark")] == []
+        await r.put("org-lark", "out/written-opted-out.txt", b"x")
+        directory._orgs["org-lark"] = ORGS["org-lark"]
+        r.invalidate("org-lark")
+        # Planted under org-lark's prefix with another org's tag: never listed.
+        ca = residency_world.s3("ca")
+        ca.put_object(
+            Bucket=residency_world.bucket("ca"),
+            Key="orgs/org-lark/files/planted.txt",
+            Body=b"x",
+            ServerSideEncryption="aws:kms",
+            SSEKMSKeyId=residency_world.key_arn("ca"),
+            Tagging="residency-org=org-stars&residency-training=opt-in",
+        )
+        eligible = sorted([o.key async for o in r.list_training_eligible("org-lark")])
+    assert eligible == ["in/0.txt", "in/1.txt", "in/2.txt"]
+
+
+# -- explain --------------------------------------------------------------------------
+
+
+async def test_explain_sends_no_s3_request(
+    router: ResidencyRouter, requests_sent: RequestLog
+) -> None:
+    result = await router.explain(
+        "org-lark", operation=Operation.RECORD_EXCHANGE, endpoint="/v1/chat/completions"
+    )
+    assert result.store is True
+    assert result.expires_at == T0 + timedelta(days=7)
+    assert result.key is not None
+    assert result.key.startswith("orgs/org-lark/inputs_outputs/2026-11-28/v1/chat/completions/")
+    assert result.tags["residency-training"] == "opt-in"
+    assert result.placement.region is Region.CA
+    zdr = await router.explain(
+        "org-kiku", operation="record_exchange", endpoint="/v1/chat/completions"
+    )
+    assert zdr.store is False
+    route = await router.explain(
+        "org-acme", operation="route_processing", endpoint="/v1/chat/completions"
+    )
+    assert route.processing_route is not None
+    assert route.processing_route.region is Region.EU
+    with pytest.raises(InvalidKeyError, match="operation"):
+        await router.explain("org-acme", operation="fly")
+    assert len(requests_sent) == 0
