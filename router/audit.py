@@ -10,6 +10,10 @@ from typing import Literal
 
 AUDIT_LOGGER = "router.audit"
 
+# A library must not print through logging's last-resort handler: the embedding
+# service decides where audit events go.
+logging.getLogger(AUDIT_LOGGER).addHandler(logging.NullHandler())
+
 Outcome = Literal["ok", "skipped", "refused", "error"]
 
 

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from router.errors import ResidencyError, UnknownOrgError
 from router.orgs import StaticOrgDirectory
 from router.regions import RegionMap
 from router.routing import ResidencyRouter
-from router.types import OrgId, OrgResidency, Region
+from router.types import DataClass, Explanation, Operation, OrgId, OrgResidency, Region
 
 TESTING_EXTRA = "pip install 'residency-router[testing]'"
 
@@ -117,7 +118,58 @@ async def _demo_writes(world: Any, orgs: dict[str, OrgResidency]) -> int:
         else:
             print("demo failed: a write for an unknown org was accepted")
             return 1
-    return 0
+        return await _demo_policies(router, world, orgs)
+
+
+async def _demo_policies(router: ResidencyRouter, world: Any, orgs: dict[str, OrgResidency]) -> int:
+    endpoints = world.region_map.processing.endpoints
+    regional = next(
+        (p for p, rule in endpoints.items() if rule.regional and rule.retains_data), None
+    )
+    if regional is None:
+        print("(no regional endpoint that retains data in this map: policy part skipped)")
+        return 0
+    print()
+    print(f"Processing routes for {regional}:")
+    for org_id in orgs:
+        route = await router.route_processing(org_id, regional)
+        print(f"  {org_id:<12} -> {route.url}  ({route.reason})")
+    pinned = next((o for o, r in orgs.items() if r.processing_region is not None), None)
+    local_only = next((p for p, rule in endpoints.items() if not rule.regional), None)
+    if pinned is not None and local_only is not None:
+        try:
+            await router.route_processing(pinned, local_only)
+        except ResidencyError as exc:
+            print(f"  {pinned:<12} {local_only} refused: {type(exc).__name__}: {exc}")
+    print()
+    print("Recorded exchanges (inputs and outputs):")
+    recorded = []
+    for org_id in orgs:
+        receipt = await router.record_exchange(
+            org_id, regional, request=b'{"prompt": "hello"}', response=b'{"reply": "hi"}'
+        )
+        where = f"stored in {receipt.region.value}: {receipt.key}" if receipt.stored else "skipped"
+        print(f"  {org_id:<12} {where}  ({receipt.reason})")
+        if receipt.stored:
+            recorded.append(receipt)
+    zdr = [f"orgs/{o}/" for o, r in orgs.items() if r.zero_data_retention]
+    versions = [v["Key"] for cfg in world.region_map for v in world.all_versions(cfg.region)]
+    if any(
+        key.startswith(prefix) and "/inputs_outputs/" in key for key in versions for prefix in zdr
+    ):
+        print("demo failed: a zero-data-retention org's exchange reached S3")
+        return 1
+    print()
+    print("Purge (moving the clock forward; files are never purged by age):")
+    for days in sorted({orgs[r.org_id].retention_days for r in recorded}):
+        report = await router.purge_expired(now=datetime.now(UTC) + timedelta(days=days, hours=1))
+        purged = {r.value: c.objects for r, c in report.by_region.items() if c.objects}
+        print(f"  now + {days:>2}d: exchanges purged per region {purged}")
+    versions = [v["Key"] for cfg in world.region_map for v in world.all_versions(cfg.region)]
+    left = sum(1 for r in recorded if r.key in versions)
+    files = sum(1 for key in versions if "/files/" in key)
+    print(f"  exchanges left: {left} of {len(recorded)}; file versions kept: {files}")
+    return 1 if left else 0
 
 
 _HEADERS = (
@@ -170,6 +222,39 @@ async def _verify() -> int:
     return 0 if report.ok else 1
 
 
+def _format_explanation(result: Explanation) -> str:
+    place = result.placement
+    route = result.processing_route
+    lines = [
+        f"org:         {result.org_id}",
+        f"operation:   {result.operation.value}",
+        f"placement:   {place.region.value} ({place.aws_region}), bucket {place.bucket}",
+        f"kms key:     {place.kms_key_arn}",
+        f"store:       {'yes' if result.store else 'no'}",
+        f"key:         {result.key or '-'}",
+        "tags:        " + (", ".join(f"{k}={v}" for k, v in result.tags.items()) or "-"),
+        "expires at:  " + (result.expires_at.isoformat() if result.expires_at else "-"),
+        "processing:  " + (f"{route.region.value} {route.url}" if route else "-"),
+        "rules:",
+    ]
+    lines += [f"  {part}: {rule}" for part, rule in result.rules.items()]
+    return "\n".join(lines)
+
+
+async def _explain(args: argparse.Namespace) -> int:
+    # explain sends no S3 request; only KMS aliases are resolved at start.
+    settings = RouterSettings().model_copy(update={"verify_on_start": "off"})
+    async with ResidencyRouter.from_settings(settings) as router:
+        result = await router.explain(
+            args.org,
+            operation=args.operation,
+            data_class=args.data_class,
+            endpoint=args.endpoint,
+        )
+    print(_format_explanation(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     parser = argparse.ArgumentParser(
@@ -181,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "verify", help="check every region's bucket and key (settings from RESIDENCY_* vars)"
     )
+    explain = commands.add_parser(
+        "explain", help="show the decision the router would take for an org, and why"
+    )
+    explain.add_argument("org", help="org id")
+    explain.add_argument(
+        "--operation", choices=[o.value for o in Operation], default=Operation.PUT.value
+    )
+    explain.add_argument("--data-class", choices=[d.value for d in DataClass], default=None)
+    explain.add_argument("--endpoint", default=None, help="processing endpoint path")
     return parser
 
 
@@ -190,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command == "explain":
+            return asyncio.run(_explain(args))
         return asyncio.run(_verify())
     except (ResidencyError, ValidationError) as exc:
         print(f"residency-router: {type(exc).__name__}: {exc}", file=sys.stderr)

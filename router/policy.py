@@ -357,7 +357,7 @@ def decide_exchange(
     else:
         store = True
         reason = (
-            f"inputs and outputs are kept {org.retention_days} days for abuse monitoring in the "
+            f"inputs and outputs are kept {_days(org.retention_days)} for abuse monitoring in the "
             f"org's storage region {place.region.value}, then deleted"
         )
     return WriteDecision(place, DataClass.INPUTS_OUTPUTS, key, tags, store, reason, expires_at)
@@ -388,6 +388,10 @@ def is_stale_exchange_upload(key: str, initiated: datetime | None, now: datetime
     if parsed is None or parsed[1] is not DataClass.INPUTS_OUTPUTS:
         return False
     return initiated is None or _utc(initiated) < _utc(now) - STALE_UPLOAD_AGE
+
+
+def _days(count: int) -> str:
+    return f"{count} day" if count == 1 else f"{count} days"
 
 
 def _utc(moment: datetime) -> datetime:

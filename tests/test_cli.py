@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from router.cli import main
+from router.testing import ResidencyWorld
 from tests.conftest import REGIONS_FILE, ROOT
 
 
@@ -36,6 +37,10 @@ def test_demo_prints_all_seven_regions_and_a_refusal() -> None:
     assert "WRONG" not in out
     assert "UnknownOrgError" in out
     assert "nothing was written" in out
+    assert "org-acme     -> https://eu.example.invalid/v1/chat/completions" in out
+    assert "refused: ProcessingNotEligibleError" in out
+    assert "org-kiku     skipped  (org has zero data retention" in out
+    assert "exchanges left: 0 of 6" in out
     assert "werkzeug" not in result.stderr.lower()
     assert '"PUT /' not in result.stderr
 
@@ -43,3 +48,50 @@ def test_demo_prints_all_seven_regions_and_a_refusal() -> None:
 def test_demo_without_region_map_says_what_to_fix(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--regions", "/nonexistent/regions.yaml"]) == 1
     assert "cannot read the region map" in capsys.readouterr().err
+
+
+def test_explain_prints_decision_and_rules(
+    residency_world: ResidencyWorld,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RESIDENCY_ENDPOINT_URL", residency_world.endpoint_url)
+    monkeypatch.setenv("RESIDENCY_REGIONS_FILE", str(residency_world.regions_file))
+    status = main(
+        [
+            "explain",
+            "org-lark",
+            "--operation",
+            "record_exchange",
+            "--endpoint",
+            "/v1/chat/completions",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "placement:   ca (ca-central-1), bucket residency-example-ca" in out
+    assert "store:       yes" in out
+    assert "key:         orgs/org-lark/inputs_outputs/" in out
+    assert "residency-retention=7d" in out
+    assert "expires at:" in out
+    assert "  store: inputs and outputs are kept 7 days" in out
+
+    assert main(["explain", "org-acme"]) == 0
+    out = capsys.readouterr().out
+    assert "operation:   put" in out
+    assert "key:         orgs/org-acme/files/{key}" in out
+
+    assert main(["explain", "org-nobody"]) == 1
+    assert "UnknownOrgError" in capsys.readouterr().err
+
+
+def test_verify_command_reports_each_region(
+    residency_world: ResidencyWorld,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RESIDENCY_ENDPOINT_URL", residency_world.endpoint_url)
+    monkeypatch.setenv("RESIDENCY_REGIONS_FILE", str(residency_world.regions_file))
+    assert main(["verify"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" ok ") + out.count(" ok\n") >= 7
