@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from router.config import RouterSettings
 from router.errors import ResidencyError, UnknownOrgError
+from router.infra import CHECKS, DriftChecker, render_all
 from router.orgs import StaticOrgDirectory
 from router.regions import RegionMap
 from router.routing import ResidencyRouter
@@ -255,6 +256,31 @@ async def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render(args: argparse.Namespace) -> int:
+    region_map = RegionMap.load(args.regions)
+    written = render_all(
+        region_map,
+        args.out,
+        router_role_arn=args.router_role_arn,
+        operator_role_arn=args.operator_role_arn,
+    )
+    for path in written:
+        print(path)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = RouterSettings()
+    region_map = RegionMap.load(settings.regions_file)
+    checker = DriftChecker(region_map, endpoint_url=settings.endpoint_url, skip=args.skip)
+    results = checker.check()
+    rows = [[r.region, r.check, "ok" if r.ok else "DRIFT", r.detail] for r in results]
+    print(_table(("region", "check", "result", "detail"), rows))
+    drifted = [r for r in results if not r.ok]
+    print(f"{len(results)} checks, {len(drifted)} drifted")
+    return 1 if drifted else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     parser = argparse.ArgumentParser(
@@ -265,6 +291,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--regions", type=Path, default=Path("regions.yaml"), help="region map")
     commands.add_parser(
         "verify", help="check every region's bucket and key (settings from RESIDENCY_* vars)"
+    )
+    infra = commands.add_parser("infra", help="CloudFormation for the regions")
+    infra_commands = infra.add_subparsers(dest="infra_command", required=True)
+    render = infra_commands.add_parser("render", help="render one template per region")
+    render.add_argument("--out", type=Path, required=True, help="output directory")
+    render.add_argument("--regions", type=Path, default=Path("regions.yaml"), help="region map")
+    render.add_argument("--router-role-arn", default=None, help="IAM role the router runs as")
+    render.add_argument("--operator-role-arn", default=None, help="IAM role administering keys")
+    check = commands.add_parser(
+        "check", help="compare live buckets and keys with the map and the hardening rules"
+    )
+    check.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=list(CHECKS),
+        help="leave a check out (repeatable); 'policy' for local worlds that are written to",
     )
     explain = commands.add_parser(
         "explain", help="show the decision the router would take for an org, and why"
@@ -286,6 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "explain":
             return asyncio.run(_explain(args))
+        if args.command == "infra":
+            return _render(args)
+        if args.command == "check":
+            return _check(args)
         return asyncio.run(_verify())
     except (ResidencyError, ValidationError) as exc:
         print(f"residency-router: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -1,8 +1,13 @@
-"""What a hardened region is: its KMS key, data bucket, lifecycle and policy (pure data)."""
+"""What a hardened region is: its KMS key, data and log buckets, lifecycle and policies.
+
+One description, three readers: the CloudFormation renderer (``router.infra``), the local
+provisioner (``router.testing``) and the drift check (``router.infra``). Values that are
+only known at deploy time (the key ARN, the account) are passed in, as literal strings or as
+CloudFormation intrinsics, so the same functions serve every reader.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,21 +16,183 @@ from router.types import TAG_CLASS, TAG_RETENTION, DataClass, retention_tag_valu
 
 ABORT_INCOMPLETE_UPLOADS_DAYS = 1
 NONCURRENT_VERSION_DAYS = 1
+ACCESS_LOG_RETENTION_DAYS = 365
 MIN_TLS_VERSION = "1.2"
+ACCESS_LOG_PREFIX = "s3-access/"
+ROLE_TAG = "residency-role"
+ROLE_DATA = "data"
+ROLE_ACCESS_LOGS = "access-logs"
+OWNERSHIP = "BucketOwnerEnforced"
+
+# Every S3 and KMS operation the router makes, and nothing else (least privilege).
+ROUTER_BUCKET_ACTIONS = (
+    "s3:GetBucketLocation",
+    "s3:ListBucket",
+    "s3:ListBucketVersions",
+    "s3:ListBucketMultipartUploads",
+)
+ROUTER_OBJECT_ACTIONS = (
+    "s3:PutObject",
+    "s3:PutObjectTagging",
+    "s3:GetObject",
+    "s3:GetObjectVersion",
+    "s3:GetObjectTagging",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:AbortMultipartUpload",
+)
+KMS_CRYPTO_ACTIONS = ("kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey*", "kms:ReEncrypt*")
+KMS_READ_ACTIONS = ("kms:DescribeKey", "kms:GetKeyRotationStatus")
+KMS_ADMIN_ACTIONS = (
+    "kms:CancelKeyDeletion",
+    "kms:CreateAlias",
+    "kms:DeleteAlias",
+    "kms:DescribeKey",
+    "kms:DisableKey",
+    "kms:EnableKey",
+    "kms:EnableKeyRotation",
+    "kms:GetKeyPolicy",
+    "kms:GetKeyRotationStatus",
+    "kms:ListAliases",
+    "kms:ListResourceTags",
+    "kms:PutKeyPolicy",
+    "kms:ScheduleKeyDeletion",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:UpdateAlias",
+    "kms:UpdateKeyDescription",
+)
+
+Value = Any
+"""A literal string or a CloudFormation intrinsic (``{"Ref": ...}``, ``{"Fn::Sub": ...}``)."""
 
 
 @dataclass(frozen=True, slots=True)
-class HardenedBucket:
-    """The settings every data bucket must have, in S3 API shapes."""
+class LifecycleRule:
+    """One lifecycle rule, renderable for the S3 API and for CloudFormation."""
 
+    id: str
+    prefix: str = ""
+    tags: tuple[tuple[str, str], ...] = ()
+    expiration_days: int | None = None
+    noncurrent_days: int | None = None
+    expired_delete_marker: bool = False
+    abort_incomplete_days: int | None = None
+
+    def to_s3(self) -> dict[str, Any]:
+        """Return the rule in PutBucketLifecycleConfiguration's shape."""
+        if self.tags:
+            tag_list = [{"Key": k, "Value": v} for k, v in self.tags]
+            filter_: dict[str, Any] = {"And": {"Prefix": self.prefix, "Tags": tag_list}}
+        else:
+            filter_ = {"Prefix": self.prefix}
+        rule: dict[str, Any] = {"ID": self.id, "Status": "Enabled", "Filter": filter_}
+        if self.expiration_days is not None:
+            rule["Expiration"] = {"Days": self.expiration_days}
+        if self.expired_delete_marker:
+            rule["Expiration"] = {"ExpiredObjectDeleteMarker": True}
+        if self.noncurrent_days is not None:
+            rule["NoncurrentVersionExpiration"] = {"NoncurrentDays": self.noncurrent_days}
+        if self.abort_incomplete_days is not None:
+            rule["AbortIncompleteMultipartUpload"] = {
+                "DaysAfterInitiation": self.abort_incomplete_days
+            }
+        return rule
+
+    def to_cfn(self) -> dict[str, Any]:
+        """Return the rule in AWS::S3::Bucket LifecycleConfiguration's shape."""
+        rule: dict[str, Any] = {"Id": self.id, "Status": "Enabled", "Prefix": self.prefix}
+        if self.tags:
+            rule["TagFilters"] = [{"Key": k, "Value": v} for k, v in self.tags]
+        if self.expiration_days is not None:
+            rule["ExpirationInDays"] = self.expiration_days
+        if self.expired_delete_marker:
+            rule["ExpiredObjectDeleteMarker"] = True
+        if self.noncurrent_days is not None:
+            rule["NoncurrentVersionExpiration"] = {"NoncurrentDays": self.noncurrent_days}
+        if self.abort_incomplete_days is not None:
+            rule["AbortIncompleteMultipartUpload"] = {
+                "DaysAfterInitiation": self.abort_incomplete_days
+            }
+        return rule
+
+
+@dataclass(frozen=True, slots=True)
+class HardenedRegion:
+    """Everything a hardened residency region is made of."""
+
+    cfg: RegionConfig
     bucket: str
-    aws_region: str
-    kms_key_arn: str
-    versioning: Mapping[str, str]
-    public_access_block: Mapping[str, bool]
-    ownership: str
-    encryption: Mapping[str, Any]
-    lifecycle_rules: tuple[Mapping[str, Any], ...]
+    log_bucket: str
+    alias: str
+    lifecycle: tuple[LifecycleRule, ...]
+    log_lifecycle: tuple[LifecycleRule, ...]
+
+
+def log_bucket_name(bucket: str) -> str:
+    """Return the name of the in-region access-log bucket of a data bucket."""
+    return f"{bucket[:58]}-logs"
+
+
+def alias_name(cfg: RegionConfig) -> str:
+    """Return the KMS alias name (``alias/...``) of a region's key."""
+    if ":alias/" in cfg.kms_key:
+        return "alias/" + cfg.kms_key.split(":alias/", 1)[1]
+    return f"alias/residency-{cfg.region.value}"
+
+
+def lifecycle_rules(retention: RetentionConfig) -> tuple[LifecycleRule, ...]:
+    """Lifecycle rules of a data bucket.
+
+    One tag-filtered expiration per allowed window (a backstop behind the router's own
+    purge, never later than the window), then rules without tag filters, separate because
+    S3 refuses delete-marker and incomplete-upload actions in tag-filtered rules.
+    """
+    rules = [
+        LifecycleRule(
+            id=f"expire-inputs-outputs-{days}d",
+            prefix="orgs/",
+            tags=(
+                (TAG_CLASS, DataClass.INPUTS_OUTPUTS.value),
+                (TAG_RETENTION, retention_tag_value(days)),
+            ),
+            expiration_days=days,
+        )
+        for days in retention.allowed_days
+    ]
+    rules += [
+        LifecycleRule(id="expire-noncurrent-versions", noncurrent_days=NONCURRENT_VERSION_DAYS),
+        LifecycleRule(id="remove-expired-delete-markers", expired_delete_marker=True),
+        LifecycleRule(
+            id="abort-incomplete-multipart-uploads",
+            abort_incomplete_days=ABORT_INCOMPLETE_UPLOADS_DAYS,
+        ),
+    ]
+    return tuple(rules)
+
+
+def log_lifecycle_rules() -> tuple[LifecycleRule, ...]:
+    """Lifecycle rules of an access-log bucket."""
+    return (
+        LifecycleRule(id="expire-access-logs", expiration_days=ACCESS_LOG_RETENTION_DAYS),
+        LifecycleRule(id="expire-noncurrent-versions", noncurrent_days=NONCURRENT_VERSION_DAYS),
+        LifecycleRule(
+            id="abort-incomplete-multipart-uploads",
+            abort_incomplete_days=ABORT_INCOMPLETE_UPLOADS_DAYS,
+        ),
+    )
+
+
+def hardened_region(cfg: RegionConfig, retention: RetentionConfig) -> HardenedRegion:
+    """Return the hardened description of one residency region."""
+    return HardenedRegion(
+        cfg=cfg,
+        bucket=cfg.bucket,
+        log_bucket=log_bucket_name(cfg.bucket),
+        alias=alias_name(cfg),
+        lifecycle=lifecycle_rules(retention),
+        log_lifecycle=log_lifecycle_rules(),
+    )
 
 
 def public_access_block() -> dict[str, bool]:
@@ -38,135 +205,231 @@ def public_access_block() -> dict[str, bool]:
     }
 
 
-def default_encryption(kms_key_arn: str) -> dict[str, Any]:
-    """Default SSE-KMS under the region's key, with S3 Bucket Keys."""
+def versioning() -> dict[str, str]:
+    """Versioning on (every version is then deleted explicitly by purge and erasure)."""
+    return {"Status": "Enabled"}
+
+
+def kms_encryption_rule(kms_key_arn: Value) -> dict[str, Any]:
+    """Default SSE-KMS under the region's key with S3 Bucket Keys (S3 API shape)."""
     return {
-        "Rules": [
-            {
-                "ApplyServerSideEncryptionByDefault": {
-                    "SSEAlgorithm": "aws:kms",
-                    "KMSMasterKeyID": kms_key_arn,
-                },
-                "BucketKeyEnabled": True,
-            }
-        ]
+        "ApplyServerSideEncryptionByDefault": {
+            "SSEAlgorithm": "aws:kms",
+            "KMSMasterKeyID": kms_key_arn,
+        },
+        "BucketKeyEnabled": True,
     }
 
 
-def lifecycle_rules(retention: RetentionConfig) -> tuple[dict[str, Any], ...]:
-    """Lifecycle rules: one tag-filtered expiry per window, plus version and upload clean-up.
+def log_encryption_rule() -> dict[str, Any]:
+    """SSE-S3 for the access-log bucket: S3 server access logs cannot target SSE-KMS."""
+    return {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
 
-    The tag-filtered expirations back up the router's own purge: S3 needs them as separate
-    rules because a rule with a tag filter cannot also abort incomplete uploads.
+
+def transport_statements(bucket: str | Value) -> list[dict[str, Any]]:
+    """Deny plain HTTP and TLS older than 1.2, for every principal and action."""
+    resources = _bucket_resources(bucket)
+    return [
+        {
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": {"AWS": "*"},
+            "Action": "s3:*",
+            "Resource": resources,
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        },
+        {
+            "Sid": "DenyTlsOlderThan12",
+            "Effect": "Deny",
+            "Principal": {"AWS": "*"},
+            "Action": "s3:*",
+            "Resource": resources,
+            "Condition": {"NumericLessThan": {"s3:TlsVersion": MIN_TLS_VERSION}},
+        },
+    ]
+
+
+def bucket_policy_statements(bucket: str | Value, kms_key_arn: Value) -> list[dict[str, Any]]:
+    """The data bucket's policy statements.
+
+    Transport denies, then encryption denies that together leave exactly two ways to
+    write: with ``aws:kms`` and this key named, or with no encryption headers at all (then
+    the bucket default, SSE-KMS under this key, applies). Denying header-less writes
+    outright would deny every UploadPart, which never carries the headers
+    (boto/botocore#471), and with it every multipart upload.
     """
-    rules: list[dict[str, Any]] = []
-    for days in retention.allowed_days:
-        rules.append(
-            {
-                "ID": f"expire-inputs-outputs-{days}d",
-                "Status": "Enabled",
-                "Filter": {
-                    "And": {
-                        "Prefix": "orgs/",
-                        "Tags": [
-                            {"Key": TAG_CLASS, "Value": DataClass.INPUTS_OUTPUTS.value},
-                            {"Key": TAG_RETENTION, "Value": retention_tag_value(days)},
-                        ],
-                    }
-                },
-                "Expiration": {"Days": days},
-            }
-        )
-    rules.append(
+    objects = _object_resource(bucket)
+    return [
+        *transport_statements(bucket),
         {
-            "ID": "expire-noncurrent-versions",
-            "Status": "Enabled",
-            "Filter": {"Prefix": ""},
-            "NoncurrentVersionExpiration": {"NoncurrentDays": NONCURRENT_VERSION_DAYS},
-            "Expiration": {"ExpiredObjectDeleteMarker": True},
-        }
-    )
-    rules.append(
-        {
-            "ID": "abort-incomplete-multipart-uploads",
-            "Status": "Enabled",
-            "Filter": {"Prefix": ""},
-            "AbortIncompleteMultipartUpload": {
-                "DaysAfterInitiation": ABORT_INCOMPLETE_UPLOADS_DAYS
+            "Sid": "DenyEncryptionOtherThanKms",
+            "Effect": "Deny",
+            "Principal": {"AWS": "*"},
+            "Action": "s3:PutObject",
+            "Resource": objects,
+            "Condition": {
+                "StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"},
+                "Null": {"s3:x-amz-server-side-encryption": "false"},
             },
-        }
-    )
-    return tuple(rules)
+        },
+        {
+            "Sid": "DenyKmsWithoutRegionKey",
+            "Effect": "Deny",
+            "Principal": {"AWS": "*"},
+            "Action": "s3:PutObject",
+            "Resource": objects,
+            "Condition": {
+                "StringEquals": {"s3:x-amz-server-side-encryption": "aws:kms"},
+                "Null": {"s3:x-amz-server-side-encryption-aws-kms-key-id": "true"},
+            },
+        },
+        {
+            "Sid": "DenyOtherKmsKeys",
+            "Effect": "Deny",
+            "Principal": {"AWS": "*"},
+            "Action": "s3:PutObject",
+            "Resource": objects,
+            "Condition": {
+                "StringNotEquals": {"s3:x-amz-server-side-encryption-aws-kms-key-id": kms_key_arn},
+                "Null": {"s3:x-amz-server-side-encryption-aws-kms-key-id": "false"},
+            },
+        },
+        {
+            "Sid": "DenyCustomerProvidedKeys",
+            "Effect": "Deny",
+            "Principal": {"AWS": "*"},
+            "Action": "s3:PutObject",
+            "Resource": objects,
+            "Condition": {"Null": {"s3:x-amz-server-side-encryption-customer-algorithm": "false"}},
+        },
+    ]
 
 
-def hardened_bucket(
-    cfg: RegionConfig, kms_key_arn: str, retention: RetentionConfig
-) -> HardenedBucket:
-    """Return the hardened settings of one region's data bucket."""
-    return HardenedBucket(
-        bucket=cfg.bucket,
-        aws_region=cfg.aws_region,
-        kms_key_arn=kms_key_arn,
-        versioning={"Status": "Enabled"},
-        public_access_block=public_access_block(),
-        ownership="BucketOwnerEnforced",
-        encryption=default_encryption(kms_key_arn),
-        lifecycle_rules=lifecycle_rules(retention),
-    )
+def bucket_policy(bucket: str | Value, kms_key_arn: Value) -> dict[str, Any]:
+    """The data bucket's policy document."""
+    return {"Version": "2012-10-17", "Statement": bucket_policy_statements(bucket, kms_key_arn)}
 
 
-def bucket_policy(bucket: str, kms_key_arn: str) -> dict[str, Any]:
-    """Deny non-TLS, TLS older than 1.2, writes without SSE-KMS or under another key, SSE-C."""
-    resource_objects = f"arn:aws:s3:::{bucket}/*"
-    resources = [f"arn:aws:s3:::{bucket}", resource_objects]
+def log_bucket_policy(
+    log_bucket: str | Value, source_bucket_arn: Value, account: Value
+) -> dict[str, Any]:
+    """The log bucket's policy: TLS only, and S3's logging service may deliver logs."""
     return {
         "Version": "2012-10-17",
         "Statement": [
+            *transport_statements(log_bucket),
             {
-                "Sid": "DenyInsecureTransport",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:*",
-                "Resource": resources,
-                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-            },
-            {
-                "Sid": "DenyOldTls",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:*",
-                "Resource": resources,
-                "Condition": {"NumericLessThan": {"s3:TlsVersion": MIN_TLS_VERSION}},
-            },
-            {
-                "Sid": "DenyNonKmsWrites",
-                "Effect": "Deny",
-                "Principal": "*",
+                "Sid": "AllowServerAccessLogDelivery",
+                "Effect": "Allow",
+                "Principal": {"Service": "logging.s3.amazonaws.com"},
                 "Action": "s3:PutObject",
-                "Resource": resource_objects,
-                "Condition": {"StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"}},
-            },
-            {
-                "Sid": "DenyOtherKmsKeys",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:PutObject",
-                "Resource": resource_objects,
+                "Resource": _join_arn(log_bucket, "/" + ACCESS_LOG_PREFIX + "*"),
                 "Condition": {
-                    "StringNotEquals": {
-                        "s3:x-amz-server-side-encryption-aws-kms-key-id": kms_key_arn
-                    }
-                },
-            },
-            {
-                "Sid": "DenyCustomerProvidedKeys",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:PutObject",
-                "Resource": resource_objects,
-                "Condition": {
-                    "Null": {"s3:x-amz-server-side-encryption-customer-algorithm": "false"}
+                    "ArnLike": {"aws:SourceArn": source_bucket_arn},
+                    "StringEquals": {"aws:SourceAccount": account},
                 },
             },
         ],
     }
+
+
+def key_policy(
+    account_root: Value, router_role: Value, operator_role: Value, aws_region: str
+) -> dict[str, Any]:
+    """The key policy: no wildcard principal; crypto only through S3 in the key's region.
+
+    The account root keeps administration (without it a key can become unmanageable), but a
+    Deny on the account makes every encryption use go through S3 in ``aws_region``; the
+    router role may also describe the key and read its rotation status directly.
+    """
+    via_s3 = f"s3.{aws_region}.amazonaws.com"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "AccountAdministersKey",
+                "Effect": "Allow",
+                "Principal": {"AWS": account_root},
+                "Action": "kms:*",
+                "Resource": "*",
+            },
+            {
+                "Sid": "OperatorAdministersKey",
+                "Effect": "Allow",
+                "Principal": {"AWS": operator_role},
+                "Action": list(KMS_ADMIN_ACTIONS),
+                "Resource": "*",
+            },
+            {
+                "Sid": "RouterUsesKeyThroughRegionalS3",
+                "Effect": "Allow",
+                "Principal": {"AWS": router_role},
+                "Action": list(KMS_CRYPTO_ACTIONS),
+                "Resource": "*",
+                "Condition": {"StringEquals": {"kms:ViaService": via_s3}},
+            },
+            {
+                "Sid": "RouterReadsKeyState",
+                "Effect": "Allow",
+                "Principal": {"AWS": router_role},
+                "Action": list(KMS_READ_ACTIONS),
+                "Resource": "*",
+            },
+            {
+                "Sid": "DenyCryptoOutsideRegionalS3",
+                "Effect": "Deny",
+                "Principal": {"AWS": account_root},
+                "Action": list(KMS_CRYPTO_ACTIONS),
+                "Resource": "*",
+                "Condition": {"StringNotEquals": {"kms:ViaService": via_s3}},
+            },
+        ],
+    }
+
+
+def router_policy(bucket: str | Value, kms_key_arn: Value, aws_region: str) -> dict[str, Any]:
+    """The router role's least-privilege IAM policy: its bucket, its key, its operations."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "RouterBucket",
+                "Effect": "Allow",
+                "Action": list(ROUTER_BUCKET_ACTIONS),
+                "Resource": _join_arn(bucket, ""),
+            },
+            {
+                "Sid": "RouterObjects",
+                "Effect": "Allow",
+                "Action": list(ROUTER_OBJECT_ACTIONS),
+                "Resource": _join_arn(bucket, "/orgs/*"),
+            },
+            {
+                "Sid": "RouterKeyThroughS3",
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                "Resource": kms_key_arn,
+                "Condition": {"StringEquals": {"kms:ViaService": f"s3.{aws_region}.amazonaws.com"}},
+            },
+            {
+                "Sid": "RouterKeyState",
+                "Effect": "Allow",
+                "Action": list(KMS_READ_ACTIONS),
+                "Resource": kms_key_arn,
+            },
+        ],
+    }
+
+
+def _join_arn(bucket: str | Value, suffix: str) -> Value:
+    if isinstance(bucket, str):
+        return f"arn:aws:s3:::{bucket}{suffix}"
+    return {"Fn::Join": ["", ["arn:aws:s3:::", bucket, suffix]]}
+
+
+def _bucket_resources(bucket: str | Value) -> list[Value]:
+    return [_join_arn(bucket, ""), _join_arn(bucket, "/*")]
+
+
+def _object_resource(bucket: str | Value) -> Value:
+    return _join_arn(bucket, "/*")

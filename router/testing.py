@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,22 @@ from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
 from router.config import RouterSettings
-from router.hardening import bucket_policy, hardened_bucket
-from router.regions import RegionConfig, RegionMap, parse_kms_arn
+from router.hardening import (
+    ACCESS_LOG_PREFIX,
+    OWNERSHIP,
+    ROLE_ACCESS_LOGS,
+    ROLE_DATA,
+    ROLE_TAG,
+    alias_name,
+    bucket_policy,
+    hardened_region,
+    kms_encryption_rule,
+    log_bucket_policy,
+    log_encryption_rule,
+    public_access_block,
+    versioning,
+)
+from router.regions import RegionConfig, RegionMap
 from router.routing import ResidencyRouter
 from router.types import KEY_ROOT, DataClass, Region
 
@@ -33,6 +47,38 @@ DUMMY_CREDENTIALS = {
     "aws_access_key_id": "testing",
     "aws_secret_access_key": "testing",
 }
+
+
+class _LazyPrivateKey:
+    """Stands in for moto's per-key RSA private key until something signs with it."""
+
+    def __init__(self, make: Callable[[str], Any], key_spec: str) -> None:
+        self._make = make
+        self._key_spec = key_spec
+        self._key: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._key is None:
+            self._key = self._make(self._key_spec)
+        return getattr(self._key, name)
+
+
+def _defer_symmetric_private_keys() -> None:
+    # moto generates an RSA-2048 private key for every KMS key, symmetric ones included
+    # (about 50 ms each); only sign/verify ever uses it, which symmetric keys never do.
+    import moto.kms.models as kms_models
+
+    make = kms_models.generate_private_key
+    if getattr(make, "_residency_lazy", False):
+        return
+
+    def generate(key_spec: str) -> Any:
+        if key_spec == "SYMMETRIC_DEFAULT":
+            return _LazyPrivateKey(make, key_spec)
+        return make(key_spec)
+
+    generate._residency_lazy = True  # type: ignore[attr-defined]
+    kms_models.generate_private_key = generate
 
 
 class LocalS3Server:
@@ -46,6 +92,7 @@ class LocalS3Server:
         """Start the server and return its endpoint URL."""
         # werkzeug logs one line per request; the demo and tests want none of them.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        _defer_symmetric_private_keys()
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
@@ -71,6 +118,22 @@ class LocalS3Server:
 
 # boto3 clients are slow to make and hold no state of a world: share them per endpoint.
 _CLIENTS: dict[tuple[str, str, str], Any] = {}
+
+
+def local_client(endpoint_url: str, service: str, aws_region: str) -> Any:
+    """Return a boto3 client for a local endpoint with dummy credentials (cached)."""
+    cache_key = (endpoint_url, service, aws_region)
+    cached = _CLIENTS.get(cache_key)
+    if cached is None:
+        cached = boto3.client(
+            service,  # type: ignore[call-overload]
+            region_name=aws_region,
+            endpoint_url=endpoint_url,
+            config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
+            **DUMMY_CREDENTIALS,
+        )
+        _CLIENTS[cache_key] = cached
+    return cached
 
 
 @dataclass
@@ -128,49 +191,66 @@ class ResidencyWorld:
             MultiRegion=False,
         )["KeyMetadata"]
         kms.enable_key_rotation(KeyId=meta["KeyId"])
-        parsed = parse_kms_arn(cfg.kms_key)
-        if parsed is not None and parsed.is_alias:
-            alias = "alias/" + cfg.kms_key.split(":alias/", 1)[1]
-            kms.create_alias(AliasName=alias, TargetKeyId=meta["KeyId"])
+        kms.create_alias(AliasName=alias_name(cfg), TargetKeyId=meta["KeyId"])
         return str(meta["Arn"])
 
     def _provision_bucket(self, cfg: RegionConfig, key_arn: str, *, attach_policy: bool) -> None:
+        spec = hardened_region(cfg, self.region_map.retention)
         s3 = self.client("s3", cfg.aws_region)
-        spec = hardened_bucket(cfg, key_arn, self.region_map.retention)
-        create: dict[str, Any] = {"Bucket": cfg.bucket, "ObjectOwnership": spec.ownership}
-        if cfg.aws_region != "us-east-1":
-            create["CreateBucketConfiguration"] = {"LocationConstraint": cfg.aws_region}
-        s3.create_bucket(**create)
-        s3.put_public_access_block(
-            Bucket=cfg.bucket, PublicAccessBlockConfiguration=dict(spec.public_access_block)
-        )
-        s3.put_bucket_versioning(Bucket=cfg.bucket, VersioningConfiguration=dict(spec.versioning))
+        account = key_arn.split(":")[4]
+        for bucket, role in ((spec.log_bucket, ROLE_ACCESS_LOGS), (spec.bucket, ROLE_DATA)):
+            create: dict[str, Any] = {"Bucket": bucket, "ObjectOwnership": OWNERSHIP}
+            if cfg.aws_region != "us-east-1":
+                create["CreateBucketConfiguration"] = {"LocationConstraint": cfg.aws_region}
+            s3.create_bucket(**create)
+            s3.put_bucket_tagging(
+                Bucket=bucket, Tagging={"TagSet": [{"Key": ROLE_TAG, "Value": role}]}
+            )
+            s3.put_public_access_block(
+                Bucket=bucket, PublicAccessBlockConfiguration=public_access_block()
+            )
+            s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration=versioning())
         s3.put_bucket_encryption(
-            Bucket=cfg.bucket, ServerSideEncryptionConfiguration=dict(spec.encryption)
+            Bucket=spec.log_bucket,
+            ServerSideEncryptionConfiguration={"Rules": [log_encryption_rule()]},
         )
         s3.put_bucket_lifecycle_configuration(
-            Bucket=cfg.bucket,
-            LifecycleConfiguration={"Rules": [dict(rule) for rule in spec.lifecycle_rules]},
+            Bucket=spec.log_bucket,
+            LifecycleConfiguration={"Rules": [rule.to_s3() for rule in spec.log_lifecycle]},
+        )
+        s3.put_bucket_encryption(
+            Bucket=spec.bucket,
+            ServerSideEncryptionConfiguration={"Rules": [kms_encryption_rule(key_arn)]},
+        )
+        s3.put_bucket_lifecycle_configuration(
+            Bucket=spec.bucket,
+            LifecycleConfiguration={"Rules": [rule.to_s3() for rule in spec.lifecycle]},
+        )
+        # The log bucket's policy lets S3 deliver access logs; it is needed before logging
+        # can be turned on (ACLs are disabled by BucketOwnerEnforced).
+        s3.put_bucket_policy(
+            Bucket=spec.log_bucket,
+            Policy=json.dumps(
+                log_bucket_policy(spec.log_bucket, f"arn:aws:s3:::{spec.bucket}", account)
+            ),
+        )
+        s3.put_bucket_logging(
+            Bucket=spec.bucket,
+            BucketLoggingStatus={
+                "LoggingEnabled": {
+                    "TargetBucket": spec.log_bucket,
+                    "TargetPrefix": ACCESS_LOG_PREFIX,
+                }
+            },
         )
         if attach_policy:
             s3.put_bucket_policy(
-                Bucket=cfg.bucket, Policy=json.dumps(bucket_policy(cfg.bucket, key_arn))
+                Bucket=spec.bucket, Policy=json.dumps(bucket_policy(spec.bucket, key_arn))
             )
 
     def client(self, service: str, aws_region: str) -> Any:
         """Return an independent boto3 client for ``service`` in ``aws_region``."""
-        cache_key = (self.endpoint_url, service, aws_region)
-        cached = _CLIENTS.get(cache_key)
-        if cached is None:
-            cached = boto3.client(
-                service,  # type: ignore[call-overload]
-                region_name=aws_region,
-                endpoint_url=self.endpoint_url,
-                config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
-                **DUMMY_CREDENTIALS,
-            )
-            _CLIENTS[cache_key] = cached
-        return cached
+        return local_client(self.endpoint_url, service, aws_region)
 
     def bucket(self, region: Region | str) -> str:
         """Return the bucket of a residency region."""

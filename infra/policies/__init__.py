@@ -1,0 +1,1 @@
+"""Custom checkov policies (loaded by checkov --external-checks-dir)."""
