@@ -68,7 +68,7 @@ def _defer_symmetric_private_keys() -> None:
     # (about 50 ms each); only sign/verify ever uses it, which symmetric keys never do.
     import moto.kms.models as kms_models
 
-    make = kms_models.generate_private_key
+    make = kms_models.generate_private_key  # type: ignore[attr-defined]
     if getattr(make, "_residency_lazy", False):
         return
 
@@ -78,7 +78,7 @@ def _defer_symmetric_private_keys() -> None:
         return make(key_spec)
 
     generate._residency_lazy = True  # type: ignore[attr-defined]
-    kms_models.generate_private_key = generate
+    kms_models.generate_private_key = generate  # type: ignore[attr-defined]
 
 
 class LocalS3Server:
