@@ -85,6 +85,17 @@ class NoRedirectAIOHTTPSession(AIOHTTPSession):
         return _NoRedirectClientSession(session)
 
 
+def _drop_expect_continue(request: Any, **_: Any) -> None:
+    """Send bodies at once instead of waiting for ``100 Continue``.
+
+    aiohttp applies no timeout while it waits for ``100 Continue``: an endpoint that accepts
+    the connection and never answers would hold a PUT forever. Without the header the read
+    timeout covers the wait. SigV4 never signs ``Expect``, so dropping it is safe.
+    """
+    if "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
 def _redirect_guard(aws_region: AwsRegion, bucket: str) -> Callable[..., None]:
     """Return a ``needs-retry.s3`` handler that stops botocore's S3 region redirector."""
 
@@ -280,6 +291,7 @@ class StoragePool:
                 s3.meta.events.register_first(
                     "needs-retry.s3", _redirect_guard(cfg.aws_region, cfg.bucket)
                 )
+                s3.meta.events.register("before-send.s3", _drop_expect_continue)
                 self._s3[cfg.aws_region] = s3
                 self._kms[cfg.aws_region] = await self._stack.enter_async_context(
                     session.create_client(
@@ -605,13 +617,7 @@ class StoragePool:
             completed = await self._run(
                 place.aws_region,
                 where,
-                lambda: client.complete_multipart_upload(
-                    Bucket=place.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": [parts[n] for n in sorted(parts)]},
-                    **owner,
-                ),
+                partial(self._complete, client, place, key, upload_id, parts, attempts=[0]),
             )
         except BaseException as exc:
             await _shielded(self._abort(client, place, key, upload_id))
@@ -622,6 +628,42 @@ class StoragePool:
         version = completed.get("VersionId")
         await self._confirm_key(client, place, key, version, completed)
         return PutResult(version, chunks.sha256())
+
+    async def _complete(
+        self,
+        client: Any,
+        place: Placement,
+        key: str,
+        upload_id: str,
+        parts: Mapping[int, Mapping[str, Any]],
+        *,
+        attempts: list[int],
+    ) -> Mapping[str, Any]:
+        attempts[0] += 1
+        ordered = [parts[n] for n in sorted(parts)]
+        owner = self._owner[place.aws_region]
+        try:
+            response: Mapping[str, Any] = await client.complete_multipart_upload(
+                Bucket=place.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": ordered},
+                **owner,
+            )
+        except ClientError as exc:
+            # A retry after a completion whose answer was lost finds no upload: the object
+            # is ours if its composite checksum is the one our parts make.
+            if attempts[0] == 1 or error_code(exc) != "NoSuchUpload":
+                raise
+            head = await client.head_object(
+                Bucket=place.bucket, Key=key, ChecksumMode="ENABLED", **owner
+            )
+            digests = b"".join(base64.b64decode(p["ChecksumSHA256"]) for p in ordered)
+            composite = base64.b64encode(hashlib.sha256(digests).digest()).decode("ascii")
+            if str(head.get("ChecksumSHA256", "")).split("-")[0] != composite:
+                raise
+            return dict(head)
+        return response
 
     async def _abort(self, client: Any, place: Placement, key: str, upload_id: str) -> None:
         with contextlib.suppress(ResidencyError, RuntimeError):
