@@ -201,7 +201,11 @@ class RegionMap:
         Raises:
             ConfigError: the YAML is malformed, has duplicate keys, or the map is invalid.
         """
-        loader = _UniqueKeyLoader(text)
+        try:
+            # The reader rejects unprintable characters already while being built.
+            loader = _UniqueKeyLoader(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
         try:
             data = loader.get_single_data()
         except yaml.YAMLError as exc:

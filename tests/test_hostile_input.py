@@ -1,0 +1,235 @@
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from router.errors import ConfigError, InvalidKeyError, UnknownOrgError
+from router.policy import object_key, parse_org_id, split_object_key
+from router.regions import RegionMap
+from router.routing import ResidencyRouter
+from router.testing import ResidencyWorld
+from router.types import DataClass, OrgId
+from tests.conftest import REGIONS_FILE, RequestLog
+
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+TRAVERSAL = [
+    "..",
+    ".",
+    "../",
+    "./",
+    "%2e%2e",
+    "%2E%2E/",
+    "..%2f",
+    "a/./b",
+    "a/../b",
+    "a\\..\\b",
+    "\\",
+    "..\\",
+    "\x00",
+    "a\x00b",
+    "\ufffe",
+    "\uffff",
+    "\ud800",
+    "\udfff",
+    "/",
+    "//",
+    "orgs/other-org/files/x",
+    "../other-org/files/x",
+    "",
+    "\u202e",
+    "\x7f",
+    "\x85",
+    "k" * 1100,
+    "é" * 600,
+]
+
+any_char = st.characters(min_codepoint=0, max_codepoint=0x10FFFF)
+segment = st.one_of(st.sampled_from(TRAVERSAL), st.text(any_char, max_size=12))
+hostile_key = st.one_of(
+    st.sampled_from(TRAVERSAL),
+    st.text(any_char, max_size=40),
+    st.lists(segment, min_size=1, max_size=6).map("/".join),
+    st.text(any_char, min_size=900, max_size=1200),
+)
+hostile_org = st.one_of(
+    st.sampled_from(["", "..", "org/x", "org\\x", "org x", "org\x00", "ORG_ok-1", "o" * 129]),
+    st.text(any_char, max_size=140),
+    st.from_regex(r"[A-Za-z0-9_-]{1,128}", fullmatch=True),
+)
+
+
+@FUZZ
+@given(org=hostile_org, key=hostile_key, data_class=st.sampled_from(list(DataClass)))
+def test_keys_are_refused_or_parse_back_under_the_org(
+    org: str, key: str, data_class: DataClass
+) -> None:
+    try:
+        org_id = parse_org_id(org)
+        full = object_key(org_id, data_class, key)
+    except InvalidKeyError:
+        return
+    assert full.startswith(f"orgs/{org_id}/{data_class.value}/")
+    assert split_object_key(full) == (org_id, data_class, key)
+    segments = full.split("/")
+    assert "." not in segments
+    assert ".." not in segments
+    assert "" not in segments
+    assert len(full.encode("utf-8")) <= 1024
+    full.encode("utf-8")  # no lone surrogates
+
+
+@FUZZ
+@given(value=st.one_of(hostile_org, st.integers(), st.none(), st.binary(max_size=8)))
+def test_org_ids_are_ascii_word_characters_or_refused(value: Any) -> None:
+    try:
+        org_id = parse_org_id(value)
+    except InvalidKeyError:
+        return
+    assert isinstance(org_id, str)
+    assert 1 <= len(org_id) <= 128
+    assert org_id.isascii()
+    assert all(c.isalnum() or c in "-_" for c in org_id)
+
+
+BASE: dict[str, Any] = yaml.safe_load(REGIONS_FILE.read_text())
+yaml_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**6), max_value=10**6),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+)
+yaml_value = st.recursive(
+    yaml_scalar,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for key, child in node.items():
+            found += paths(child, (*prefix, key))
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            found += paths(child, (*prefix, index))
+    return found
+
+
+ALL_PATHS = paths(BASE)
+
+
+def load_or_config_error(data: Any) -> None:
+    problems: list[str] = []
+    try:
+        RegionMap.from_dict(data)
+    except ConfigError as exc:
+        problems = exc.problems or ["(no problems listed)"]
+    assert all(isinstance(p, str) and p for p in problems)
+
+
+@FUZZ
+@given(
+    mutations=st.lists(st.tuples(st.sampled_from(ALL_PATHS), yaml_value, st.booleans()), max_size=4)
+)
+def test_mutated_region_map_is_valid_or_one_config_error(
+    mutations: list[tuple[tuple[Any, ...], Any, bool]],
+) -> None:
+    data = copy.deepcopy(BASE)
+    for path, value, delete in mutations:
+        node = data
+        try:
+            for part in path[:-1]:
+                node = node[part]
+            if delete and isinstance(node, dict):
+                node.pop(path[-1], None)
+            else:
+                node[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue
+    load_or_config_error(data)
+
+
+@FUZZ
+@given(text=st.text(max_size=300))
+def test_arbitrary_yaml_text_is_valid_or_one_config_error(text: str) -> None:
+    with contextlib.suppress(ConfigError):
+        RegionMap.from_yaml(text)
+
+
+@FUZZ
+@given(line=st.integers(min_value=0, max_value=len(REGIONS_FILE.read_text().splitlines()) - 1))
+def test_duplicated_line_is_valid_or_config_error(line: int) -> None:
+    lines = REGIONS_FILE.read_text().splitlines()
+    text = "\n".join([*lines[: line + 1], lines[line], *lines[line + 1 :]])
+    try:
+        RegionMap.from_yaml(text)
+    except ConfigError:
+        return
+    # Only a blank or comment line can be repeated harmlessly.
+    stripped = lines[line].strip()
+    assert not stripped or stripped.startswith("#")
+
+
+@FUZZ
+@given(
+    region=st.sampled_from(sorted(BASE["regions"])),
+    aws_region=st.one_of(
+        st.sampled_from(["eu-west-2", "eu-central-2", "us-gov-west-1", "cn-north-1", "me-south-1"]),
+        st.from_regex(r"[a-z]{2}-[a-z]{4,9}-[1-9]", fullmatch=True),
+    ),
+)
+def test_foreign_aws_region_is_a_config_error_naming_the_field(
+    region: str, aws_region: str
+) -> None:
+    data = copy.deepcopy(BASE)
+    if aws_region == data["regions"][region]["aws_region"]:
+        return
+    data["regions"][region]["aws_region"] = aws_region
+    with pytest.raises(ConfigError) as info:
+        RegionMap.from_dict(data)
+    assert any(p.startswith(f"regions.{region}.") for p in info.value.problems)
+
+
+# -- end to end: hostile keys against the moto server ---------------------------------
+
+
+async def test_hostile_keys_are_refused_unsent_or_stored_under_the_org(
+    residency_router: ResidencyRouter,
+    residency_world: ResidencyWorld,
+    s3_requests: RequestLog,
+) -> None:
+    stored: dict[str, str] = {}
+    for key in TRAVERSAL:
+        sent_before = len(s3_requests)
+        try:
+            receipt = await residency_router.put("org-acme", key, f"payload {key!r}".encode())
+        except InvalidKeyError:
+            assert len(s3_requests) == sent_before, repr(key)
+            continue
+        assert receipt.key == f"orgs/org-acme/files/{key}"
+        stored[receipt.key] = key
+    assert stored, "every hostile key was refused: the test would prove nothing"
+    assert {v["Key"] for v in residency_world.all_versions("eu")} == set(stored)
+    for other in ("us", "jp", "ca", "kr", "sg", "in"):
+        assert residency_world.all_versions(other) == []
+    for key in stored.values():
+        assert await residency_router.get("org-acme", key) == f"payload {key!r}".encode()
+
+
+async def test_unknown_org_with_hostile_key_sends_nothing(
+    residency_router: ResidencyRouter, s3_requests: RequestLog
+) -> None:
+    with pytest.raises((InvalidKeyError, UnknownOrgError)):
+        await residency_router.put(OrgId("org-nobody"), "../org-acme/files/x", b"x")
+    assert len(s3_requests) == 0
