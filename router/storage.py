@@ -183,16 +183,19 @@ class _Chunks:
 
     __slots__ = ("_exhausted", "_hasher", "_pending", "_pending_bytes", "_source")
 
-    def __init__(self, source: AsyncIterator[bytes] | None, initial: bytes | None) -> None:
+    def __init__(self, source: AsyncIterator[bytes] | None) -> None:
         self._source = source
         self._pending: deque[memoryview] = deque()
         self._pending_bytes = 0
         self._exhausted = source is None
         self._hasher = hashlib.sha256()
-        if initial:
-            self._hasher.update(initial)
-            self._pending.append(memoryview(initial))
-            self._pending_bytes = len(initial)
+
+    async def absorb(self, body: bytes) -> None:
+        """Take a whole in-memory body (hashed off the event loop when large)."""
+        if body:
+            await _hash_into(self._hasher, body)
+            self._pending.append(memoryview(body))
+            self._pending_bytes += len(body)
 
     @property
     def pending(self) -> int:
@@ -511,9 +514,11 @@ class StoragePool:
             extra["Metadata"] = dict(metadata)
         threshold = self._settings.multipart_threshold
         if isinstance(body, bytes | bytearray | memoryview):
-            chunks = _Chunks(None, bytes(body))
+            chunks = _Chunks(None)
+            # A mutable buffer is copied so the caller cannot change it mid-upload.
+            await chunks.absorb(body if isinstance(body, bytes) else bytes(body))
         elif isinstance(body, AsyncIterable):
-            chunks = _Chunks(aiter(body), None)
+            chunks = _Chunks(aiter(body))
             await chunks.fill(threshold + 1)
         else:
             raise InvalidKeyError(
@@ -569,7 +574,9 @@ class StoragePool:
 
         async def upload(number: int, data: bytes) -> None:
             try:
-                checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+                digest = hashlib.sha256()
+                await _hash_into(digest, data)
+                checksum = base64.b64encode(digest.digest()).decode("ascii")
                 response = await self._run(
                     place.aws_region,
                     f"{where}, part {number}",
@@ -1032,6 +1039,17 @@ class StoragePool:
                 continue  # finished or aborted meanwhile: idempotent
             aborted += 1
         return aborted
+
+
+HASH_OFF_LOOP_BYTES = 256 * 1024
+
+
+async def _hash_into(hasher: Any, data: bytes | memoryview) -> None:
+    """Hash ``data``; above 256 KiB in a worker thread (hashlib releases the GIL there)."""
+    if len(data) < HASH_OFF_LOOP_BYTES:
+        hasher.update(data)
+    else:
+        await asyncio.to_thread(hasher.update, data)
 
 
 def _key_problem(place: Placement, response: Mapping[str, Any]) -> str | None:

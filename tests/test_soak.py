@@ -80,8 +80,8 @@ async def test_soak_keeps_every_invariant(residency_world: ResidencyWorld) -> No
                     op = "head"
                 elif roll < 0.88:
                     org, key = mine.pop(rng.randrange(len(mine)))
-                    receipt = await router.delete(org, key)
-                    assert receipt.versions_deleted == 1
+                    deleted = await router.delete(org, key)
+                    assert deleted.versions_deleted == 1
                     del expected[(org, key)]
                     op = "delete"
                 elif roll < 0.94:
