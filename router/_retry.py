@@ -77,10 +77,21 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def is_unprocessed(exc: BaseException) -> bool:
+    """Return True for transient failures that prove S3 did not act on the request.
+
+    An error response (5xx, throttling) or a connection that never opened is safe to retry
+    even for a request that is not idempotent; a timeout or a reset after sending is not.
+    """
+    if isinstance(exc, ClientError):
+        return is_transient(exc)
+    return isinstance(exc, EndpointConnectionError | ConnectTimeoutError)
+
+
 class RetryPolicy:
     """Attempts and total time for one idempotent operation, in one region."""
 
-    __slots__ = ("_retry", "_stop", "_wait", "deadline_s", "max_attempts")
+    __slots__ = ("_retry", "_retry_unprocessed", "_stop", "_wait", "deadline_s", "max_attempts")
 
     def __init__(
         self,
@@ -93,19 +104,24 @@ class RetryPolicy:
         self.max_attempts = max_attempts
         self.deadline_s = deadline_s
         self._retry = retry_if_exception(is_transient)
+        self._retry_unprocessed = retry_if_exception(is_unprocessed)
         self._stop = stop_after_attempt(max_attempts) | stop_after_delay(deadline_s)
         # Full-range jitter on top of exponential backoff spreads out retry storms.
         self._wait = wait_exponential_jitter(
             multiplier=base_wait_s, max=max_wait_s, jitter=base_wait_s
         )
 
-    def retrying(self) -> AsyncRetrying:
+    def retrying(self, *, idempotent: bool = True) -> AsyncRetrying:
         """Return a tenacity controller that retries transient errors and re-raises the last."""
-        return AsyncRetrying(retry=self._retry, stop=self._stop, wait=self._wait, reraise=True)
+        retry = self._retry if idempotent else self._retry_unprocessed
+        return AsyncRetrying(retry=retry, stop=self._stop, wait=self._wait, reraise=True)
 
-    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run ``operation`` (idempotent) until it succeeds or the budget is spent."""
-        async for attempt in self.retrying():
+    async def call(self, operation: Callable[[], Awaitable[T]], *, idempotent: bool = True) -> T:
+        """Run ``operation`` until it succeeds or the budget is spent.
+
+        A non-idempotent operation is retried only when the failure proves S3 did not act.
+        """
+        async for attempt in self.retrying(idempotent=idempotent):
             with attempt:
                 return await operation()
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover

@@ -363,11 +363,11 @@ class StoragePool:
         what: str,
         operation: Callable[[], Awaitable[T]],
         *,
-        retry: bool = True,
+        idempotent: bool = True,
     ) -> T:
         """Run one S3/KMS call with retries in this region; translate failures."""
         try:
-            result = await (self._retry.call(operation) if retry else operation())
+            result = await self._retry.call(operation, idempotent=idempotent)
         except ResidencyError:
             self._record(aws_region, True)
             raise
@@ -566,6 +566,8 @@ class StoragePool:
             lambda: client.create_multipart_upload(
                 Key=key, ChecksumAlgorithm="SHA256", **self._encryption(place), **extra
             ),
+            # A retry after a lost answer would leave the first upload behind.
+            idempotent=False,
         )
         upload_id = created["UploadId"]
         owner = self._owner[place.aws_region]

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from router._retry import RetryPolicy, is_transient, is_unprocessed
+
+
+def client_error(code: str, status: int) -> ClientError:
+    response: Any = {
+        "Error": {"Code": code, "Message": "x"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return ClientError(response, "PutObject")
+
+
+@pytest.mark.parametrize(
+    ("error", "transient", "unprocessed"),
+    [
+        pytest.param(client_error("SlowDown", 503), True, True, id="503-slowdown"),
+        pytest.param(client_error("InternalError", 500), True, True, id="500"),
+        pytest.param(client_error("ThrottlingException", 400), True, True, id="throttling"),
+        pytest.param(client_error("RequestTimeout", 400), True, True, id="request-timeout"),
+        pytest.param(client_error("AccessDenied", 403), False, False, id="403"),
+        pytest.param(client_error("NoSuchKey", 404), False, False, id="404"),
+        pytest.param(client_error("KMS.DisabledException", 400), False, False, id="kms-disabled"),
+        pytest.param(ConnectionClosedError(endpoint_url="u"), True, False, id="reset"),
+        pytest.param(ReadTimeoutError(endpoint_url="u"), True, False, id="read-timeout"),
+        pytest.param(EndpointConnectionError(endpoint_url="u"), True, True, id="refused"),
+        pytest.param(ConnectTimeoutError(endpoint_url="u"), True, True, id="connect-timeout"),
+        pytest.param(ValueError("bug"), False, False, id="bug"),
+    ],
+)
+def test_retry_classification(error: BaseException, transient: bool, unprocessed: bool) -> None:
+    assert is_transient(error) is transient
+    assert is_unprocessed(error) is unprocessed
+
+
+class Flaky:
+    def __init__(self, failures: list[BaseException]) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return "ok"
+
+
+async def test_retry_recovers_within_attempts() -> None:
+    operation = Flaky([client_error("SlowDown", 503), ConnectionClosedError(endpoint_url="u")])
+    assert await RetryPolicy(4, 5.0, base_wait_s=0.001).call(operation) == "ok"
+    assert operation.calls == 3
+
+
+async def test_retry_gives_up_after_max_attempts_with_last_error() -> None:
+    operation = Flaky([client_error("SlowDown", 503)] * 10)
+    with pytest.raises(ClientError, match="SlowDown"):
+        await RetryPolicy(3, 5.0, base_wait_s=0.001).call(operation)
+    assert operation.calls == 3
+
+
+async def test_retry_never_repeats_permanent_errors() -> None:
+    operation = Flaky([client_error("AccessDenied", 403), client_error("SlowDown", 503)])
+    with pytest.raises(ClientError, match="AccessDenied"):
+        await RetryPolicy(4, 5.0, base_wait_s=0.001).call(operation)
+    assert operation.calls == 1
+
+
+async def test_non_idempotent_call_is_not_retried_after_ambiguous_failure() -> None:
+    operation = Flaky([ReadTimeoutError(endpoint_url="u")])
+    with pytest.raises(ReadTimeoutError):
+        await RetryPolicy(4, 5.0, base_wait_s=0.001).call(operation, idempotent=False)
+    assert operation.calls == 1
+    operation = Flaky([client_error("SlowDown", 503)])
+    assert await RetryPolicy(4, 5.0, base_wait_s=0.001).call(operation, idempotent=False) == "ok"
+
+
+async def test_retry_stops_at_the_deadline() -> None:
+    operation = Flaky([client_error("SlowDown", 503)] * 100)
+    started = time.perf_counter()
+    with pytest.raises(ClientError):
+        await RetryPolicy(100, 0.3, base_wait_s=0.05, max_wait_s=0.1).call(operation)
+    assert time.perf_counter() - started < 1.0
+    assert 2 <= operation.calls < 100
