@@ -301,6 +301,9 @@ class StoragePool:
                         "kms", region_name=cfg.aws_region, config=config, endpoint_url=endpoint
                     )
                 )
+                # Making a client is a few ms of CPU and never yields: let others run
+                # between regions instead of holding the loop for all of them.
+                await asyncio.sleep(0)
         except BaseException:
             await self._stack.aclose()
             raise

@@ -99,6 +99,23 @@ def moto_process() -> Iterator[MotoProcess]:
         process.stop()
 
 
+async def _exercise(router: ResidencyRouter, attempt: int) -> None:
+    orgs = ["org-acme", "org-stars", "org-kiku", "org-lark", "org-hana", "org-lotus"]
+    # One operation at a time: debug mode makes every task creation expensive, and a burst
+    # of test-made tasks would measure the test, not the router.
+    for org_id in orgs:
+        for i in range(10):
+            await router.put(org_id, f"k{attempt}-{i}", b"v" * 1000)
+            assert await router.get(org_id, f"k{attempt}-{i}") == b"v" * 1000
+    await router.put("org-acme", "big.bin", bytes(12 * MiB))
+    assert len(await router.get("org-acme", "big.bin")) == 12 * MiB
+    assert len([o async for o in router.list("org-acme", prefix=f"k{attempt}-")]) == 10
+    await router.record_exchange("org-stars", "/v1/chat/completions", request=b"q", response=b"a")
+    await router.purge_expired()
+    await router.erase_org("org-acme")
+    await router.verify()
+
+
 class SlowCallbacks(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
@@ -120,31 +137,21 @@ async def test_router_never_blocks_the_event_loop(
     loop = asyncio.get_running_loop()
     slow = SlowCallbacks()
     asyncio_logger = logging.getLogger("asyncio")
-    asyncio_logger.addHandler(slow)
-    loop.set_debug(True)
-    # Hashing a 12 MiB body on the loop took ~130 ms here; a step over 200 ms is a block
-    # even on a loaded 2-core CI machine in debug mode (which slows every step down).
-    loop.slow_callback_duration = 0.2
-    try:
-        async with ResidencyRouter.from_settings(settings) as router:
-            orgs = ["org-acme", "org-stars", "org-kiku", "org-lark", "org-hana", "org-lotus"]
-            await asyncio.gather(
-                *(router.put(o, f"k{i}", b"v" * 1000) for o in orgs for i in range(10))
-            )
-            await asyncio.gather(*(router.get(o, f"k{i}") for o in orgs for i in range(10)))
-            await router.put("org-acme", "big.bin", bytes(12 * MiB))
-            assert len(await router.get("org-acme", "big.bin")) == 12 * MiB
-            listed = [o async for o in router.list("org-acme")]
-            assert len(listed) == 11
-            await router.record_exchange(
-                "org-stars", "/v1/chat/completions", request=b"q", response=b"a"
-            )
-            await router.purge_expired()
-            await router.erase_org("org-acme")
-            await router.verify()
-    finally:
-        loop.set_debug(False)
-        asyncio_logger.removeHandler(slow)
+    async with ResidencyRouter.from_settings(settings) as router:
+        # The first pass warms what a serving process has warmed (each client's first use of
+        # each operation); the second pass, in asyncio debug mode, is the one measured.
+        for attempt in range(2):
+            if attempt == 1:
+                asyncio_logger.addHandler(slow)
+                loop.set_debug(True)
+                # Hashing a 12 MiB body on the loop took ~130 ms here: a step over 100 ms
+                # is a block, with room for a loaded 2-core machine in debug mode.
+                loop.slow_callback_duration = 0.1
+            try:
+                await _exercise(router, attempt)
+            finally:
+                loop.set_debug(False)
+                asyncio_logger.removeHandler(slow)
     assert slow.messages == []
 
 
