@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -91,7 +94,15 @@ def is_unprocessed(exc: BaseException) -> bool:
 class RetryPolicy:
     """Attempts and total time for one idempotent operation, in one region."""
 
-    __slots__ = ("_retry", "_retry_unprocessed", "_stop", "_wait", "deadline_s", "max_attempts")
+    __slots__ = (
+        "_base_wait_s",
+        "_retry",
+        "_retry_unprocessed",
+        "_stop",
+        "_wait",
+        "deadline_s",
+        "max_attempts",
+    )
 
     def __init__(
         self,
@@ -103,6 +114,7 @@ class RetryPolicy:
     ) -> None:
         self.max_attempts = max_attempts
         self.deadline_s = deadline_s
+        self._base_wait_s = base_wait_s
         self._retry = retry_if_exception(is_transient)
         self._retry_unprocessed = retry_if_exception(is_unprocessed)
         self._stop = stop_after_attempt(max_attempts) | stop_after_delay(deadline_s)
@@ -111,17 +123,48 @@ class RetryPolicy:
             multiplier=base_wait_s, max=max_wait_s, jitter=base_wait_s
         )
 
-    def retrying(self, *, idempotent: bool = True) -> AsyncRetrying:
+    def retrying(
+        self,
+        *,
+        idempotent: bool = True,
+        attempts: int | None = None,
+        deadline_s: float | None = None,
+    ) -> AsyncRetrying:
         """Return a tenacity controller that retries transient errors and re-raises the last."""
         retry = self._retry if idempotent else self._retry_unprocessed
-        return AsyncRetrying(retry=retry, stop=self._stop, wait=self._wait, reraise=True)
+        stop = self._stop
+        if attempts is not None or deadline_s is not None:
+            stop = stop_after_attempt(attempts or self.max_attempts) | stop_after_delay(
+                self.deadline_s if deadline_s is None else deadline_s
+            )
+        return AsyncRetrying(retry=retry, stop=stop, wait=self._wait, reraise=True)
 
     async def call(self, operation: Callable[[], Awaitable[T]], *, idempotent: bool = True) -> T:
         """Run ``operation`` until it succeeds or the budget is spent.
 
         A non-idempotent operation is retried only when the failure proves S3 did not act.
         """
-        async for attempt in self.retrying(idempotent=idempotent):
+        # Fast path: the first attempt runs without a tenacity controller, so the calls that
+        # succeed at once (nearly all) pay nothing for the retry layer.
+        started = time.monotonic()
+        try:
+            return await operation()
+        except Exception as exc:
+            retryable = is_transient(exc) if idempotent else is_unprocessed(exc)
+            if not retryable or self.max_attempts <= 1:
+                raise
+            first_error = exc
+        await asyncio.sleep(self._first_wait_s())
+        remaining = self.deadline_s - (time.monotonic() - started)
+        if remaining <= 0:
+            raise first_error
+        controller = self.retrying(
+            idempotent=idempotent, attempts=self.max_attempts - 1, deadline_s=remaining
+        )
+        async for attempt in controller:
             with attempt:
                 return await operation()
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def _first_wait_s(self) -> float:
+        return random.uniform(self._base_wait_s, 2 * self._base_wait_s)

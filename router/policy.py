@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -71,8 +73,22 @@ def _is_xml_valid(code: int) -> bool:
     return 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD or 0x10000 <= code <= 0x10FFFF
 
 
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+\Z")
+
+
 def key_problem(key: object) -> str | None:
     """Return what is wrong with a caller's object key, or None when it is acceptable."""
+    # Fast path for the common case: printable ASCII cannot hold control or XML-invalid
+    # characters, so only the segment rules remain to check.
+    if (
+        isinstance(key, str)
+        and _PRINTABLE_ASCII.match(key)
+        and key[0] != "/"
+        and key[-1] != "/"
+        and "//" not in key
+        and ("." not in key or not any(s in (".", "..") for s in key.split("/")))
+    ):
+        return None
     if not isinstance(key, str):
         return f"object key must be a string, got {type(key).__name__}"
     if not key:
@@ -178,7 +194,12 @@ class WriteDecision:
 
     def tagging(self) -> str:
         """Return the tags as S3's URL-encoded ``Tagging`` header value."""
-        return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in self.tags.items())
+        return _encode_tags(tuple(self.tags.items()))
+
+
+@functools.lru_cache(maxsize=65536)
+def _encode_tags(items: tuple[tuple[str, str], ...]) -> str:
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in items)
 
 
 def object_tags(
@@ -197,11 +218,19 @@ def object_tags(
     return MappingProxyType(tags)
 
 
+@functools.lru_cache(maxsize=65536)
+def _kept_tags(org: OrgResidency, data_class: DataClass) -> Mapping[str, str]:
+    # Objects kept until deleted carry tags that depend on the org record and class only.
+    return object_tags(org, data_class, None)
+
+
 def decide_put(
     org: OrgResidency,
     place: Placement,
     data_class: DataClass,
     key: str,
+    *,
+    full_key: str | None = None,
 ) -> WriteDecision:
     """Decide a caller's ``put``: files and fine-tuning data, kept until deleted.
 
@@ -214,12 +243,12 @@ def decide_put(
             "put does not accept inputs_outputs: record API inputs and outputs with "
             "record_exchange, which applies retention and zero data retention"
         )
-    full = object_key(org.org_id, data_class, key)
+    full = full_key if full_key is not None else object_key(org.org_id, data_class, key)
     return WriteDecision(
         placement=place,
         data_class=data_class,
         key=full,
-        tags=object_tags(org, data_class, None),
+        tags=_kept_tags(org, data_class),
         store=True,
         reason=f"{data_class.value} are stored in the org's residency region until deleted",
     )

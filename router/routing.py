@@ -261,7 +261,7 @@ class ResidencyRouter:
 
     async def _org(self, org_id: str) -> tuple[OrgResidency, Placement]:
         _, directory, region_map = self._open()
-        org = parse_org_id(org_id)
+        org = parse_org_id(org_id)  # cheap on the hot path: one regex match
         record = directory.cached(org)
         if record is None:
             record = await directory.lookup(org)
@@ -323,10 +323,10 @@ class ResidencyRouter:
         storage = self._open()[0]
         cls = parse_data_class(data_class)
         org = parse_org_id(org_id)
-        object_key(org, cls, key)  # key rules before any lookup
+        full_key = object_key(org, cls, key)  # key rules before any lookup
         _check_metadata(metadata)
         record, place = await self._org(org)
-        decision = decide_put(record, place, cls, key)
+        decision = decide_put(record, place, cls, key, full_key=full_key)
         try:
             result = await storage.put(
                 place,

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import hashlib
 import ssl
+import time
 from collections import deque
 from collections.abc import (
     AsyncGenerator,
@@ -148,7 +149,7 @@ class BucketRef(Protocol):
 @dataclass(slots=True)
 class _RegionState:
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=_HEALTH_WINDOW))
-    last_success: datetime | None = None
+    last_success: float | None = None  # time.time(): converted only when health() is read
     quarantine: tuple[ProblemKind, str] | None = None
 
 
@@ -340,7 +341,9 @@ class StoragePool:
             status, reason = "quarantined", state.quarantine[1]
         elif rate >= 0.5 or (outcomes and not outcomes[-1]):
             status, reason = "degraded", f"{rate:.0%} of recent requests failed"
-        return RegionHealth(status, state.last_success, rate, reason)
+        last = state.last_success
+        when = None if last is None else datetime.fromtimestamp(last, UTC)
+        return RegionHealth(status, when, rate, reason)
 
     def _admit(self, aws_region: AwsRegion) -> Any:
         state = self._state.get(aws_region)
@@ -358,7 +361,7 @@ class StoragePool:
         state = self._state[aws_region]
         state.outcomes.append(ok)
         if ok:
-            state.last_success = datetime.now(UTC)
+            state.last_success = time.time()
 
     async def _run(
         self,
@@ -516,6 +519,10 @@ class StoragePool:
         if metadata:
             extra["Metadata"] = dict(metadata)
         threshold = self._settings.multipart_threshold
+        if type(body) is bytes and len(body) <= min(threshold, HASH_OFF_LOOP_BYTES):
+            # Small in-memory bodies (most of them): one hash, one PutObject.
+            sha = hashlib.sha256(body).hexdigest()
+            return await self._put_single(client, place, key, body, sha, extra)
         if isinstance(body, bytes | bytearray | memoryview):
             chunks = _Chunks(None)
             # A mutable buffer is copied so the caller cannot change it mid-upload.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -208,8 +209,13 @@ _ORG_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0
 ORG_ID_MAX_LEN = 128
 
 
+_ORG_ID = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
+
+
 def org_id_problem(value: object) -> str | None:
     """Return what is wrong with an org id, or None when it is valid."""
+    if isinstance(value, str) and _ORG_ID.match(value):
+        return None
     if not isinstance(value, str):
         return f"org id must be a string, got {type(value).__name__}"
     if not value:
