@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
+from typing import NamedTuple
 from urllib.parse import quote
 
 from router.errors import ConfigError, InvalidKeyError, ProcessingNotEligibleError
@@ -36,6 +36,8 @@ from router.types import (
 )
 
 MAX_FULL_KEY_BYTES = 1024
+_DATA_CLASS_BY_VALUE: dict[object, DataClass] = {cls.value: cls for cls in DataClass}
+_CLASS_SEGMENT = {cls: f"/{cls.value}/" for cls in DataClass}  # f"{enum}" is slow
 STALE_UPLOAD_AGE = timedelta(days=1)
 
 
@@ -45,11 +47,10 @@ def parse_org_id(value: object) -> OrgId:
     Raises:
         InvalidKeyError: the id is not 1-128 ASCII letters, digits, '-' or '_'.
     """
-    problem = org_id_problem(value)
-    if problem is not None:
-        raise InvalidKeyError(f"{problem}; nothing was sent")
-    assert isinstance(value, str)
-    return OrgId(value)
+    if value.__class__ is str and _ORG_ID_MATCH(value):
+        return value  # type: ignore[return-value]
+    problem = org_id_problem(value) or "org id is not valid"
+    raise InvalidKeyError(f"{problem}; nothing was sent")
 
 
 def parse_data_class(value: object) -> DataClass:
@@ -58,8 +59,11 @@ def parse_data_class(value: object) -> DataClass:
     Raises:
         InvalidKeyError: not one of the data classes.
     """
-    if isinstance(value, DataClass):
+    if value.__class__ is DataClass:
         return value
+    found = _DATA_CLASS_BY_VALUE.get(value) if value.__class__ is str else None
+    if found is not None:
+        return found
     try:
         return DataClass(value if isinstance(value, str) else "")
     except ValueError:
@@ -73,22 +77,33 @@ def _is_xml_valid(code: int) -> bool:
     return 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD or 0x10000 <= code <= 0x10FFFF
 
 
-_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+\Z")
+# Printable ASCII not starting or ending with '/': with no '//', '/./' or '/../' inside
+# it is a valid key. Anything else takes the slow path, which names the problem.
+_PRINTABLE = re.compile(r"[\x20-\x2e\x30-\x7e][\x20-\x7e]*\Z").match
+_ORG_ID_MATCH = re.compile(r"[A-Za-z0-9_-]{1,128}\Z").match
 
 
 def key_problem(key: object) -> str | None:
     """Return what is wrong with a caller's object key, or None when it is acceptable."""
     # Fast path for the common case: printable ASCII cannot hold control or XML-invalid
     # characters, so only the segment rules remain to check.
-    if (
-        isinstance(key, str)
-        and _PRINTABLE_ASCII.match(key)
-        and key[0] != "/"
-        and key[-1] != "/"
-        and "//" not in key
-        and ("." not in key or not any(s in (".", "..") for s in key.split("/")))
-    ):
+    if key.__class__ is str and is_plain_key(key):
         return None
+    return slow_key_problem(key)
+
+
+def is_plain_key(key: str) -> bool:
+    """Return True when ``key`` passes the fast path of the key rules (printable ASCII)."""
+    if not _PRINTABLE(key) or key[-1] == "/" or "//" in key:
+        return False
+    if key[0] != "." and "/." not in key:
+        return True  # no segment can start with a dot, so none is '.' or '..'
+    framed = f"/{key}/"
+    return "/./" not in framed and "/../" not in framed
+
+
+def slow_key_problem(key: object) -> str | None:
+    """Check every key rule character by character (names the first problem found)."""
     if not isinstance(key, str):
         return f"object key must be a string, got {type(key).__name__}"
     if not key:
@@ -109,6 +124,37 @@ def key_problem(key: object) -> str | None:
     return None
 
 
+def plain_object_key(org_id: str, data_class: DataClass, key: str) -> str | None:
+    """Return the full key when id and key pass the fast path of the rules, else None.
+
+    None means "not decided here": the caller then runs ``parse_org_id`` and ``object_key``,
+    which either accept or name the problem.
+    """
+    if (
+        org_id.__class__ is str
+        and key.__class__ is str
+        and (org_id in _VALID_ORG_IDS or _remember_org_id(org_id))
+        and is_plain_key(key)
+        and len(org_id) + len(key) <= MAX_FULL_KEY_BYTES - 32  # ASCII: characters are bytes
+    ):
+        return f"{KEY_ROOT}/{org_id}{_CLASS_SEGMENT[data_class]}{key}"
+    return None
+
+
+# A bounded memo of ids that passed the rules: the same orgs come back on every request.
+_VALID_ORG_IDS: set[str] = set()
+_VALID_ORG_IDS_MAX = 100_000
+
+
+def _remember_org_id(org_id: str) -> bool:
+    if not _ORG_ID_MATCH(org_id):
+        return False
+    if len(_VALID_ORG_IDS) >= _VALID_ORG_IDS_MAX:
+        _VALID_ORG_IDS.clear()
+    _VALID_ORG_IDS.add(org_id)
+    return True
+
+
 def object_key(org_id: OrgId, data_class: DataClass, key: str) -> str:
     """Build and check the full S3 key ``orgs/{org_id}/{data_class}/{key}``.
 
@@ -118,8 +164,9 @@ def object_key(org_id: OrgId, data_class: DataClass, key: str) -> str:
     problem = key_problem(key)
     if problem is not None:
         raise InvalidKeyError(f"{problem}; nothing was sent")
-    full = f"{KEY_ROOT}/{org_id}/{data_class.value}/{key}"
-    size = len(full.encode("utf-8"))
+    full = f"{KEY_ROOT}/{org_id}{_CLASS_SEGMENT[data_class]}{key}"
+    # UTF-8 takes at most 4 bytes a character: short keys need no encoding to be measured.
+    size = len(full) if len(full) * 4 <= MAX_FULL_KEY_BYTES else len(full.encode("utf-8"))
     if size > MAX_FULL_KEY_BYTES:
         raise InvalidKeyError(
             f"full object key is {size} bytes; S3 allows {MAX_FULL_KEY_BYTES} "
@@ -180,9 +227,11 @@ def placement(
     return Placement(org.org_id, org.region, cfg.aws_region, cfg.bucket, arn)
 
 
-@dataclass(frozen=True, slots=True)
-class WriteDecision:
-    """What a write does: where, under which full key, with which tags, or why it is skipped."""
+class WriteDecision(NamedTuple):
+    """What a write does: where, under which full key, with which tags, or why it is skipped.
+
+    A named tuple: it is built on every write, and tuples are the cheapest immutable record.
+    """
 
     placement: Placement
     data_class: DataClass
@@ -191,15 +240,37 @@ class WriteDecision:
     store: bool
     reason: str
     expires_at: datetime | None = None
+    tag_header: str = ""
 
     def tagging(self) -> str:
         """Return the tags as S3's URL-encoded ``Tagging`` header value."""
-        return _encode_tags(tuple(self.tags.items()))
+        return self.tag_header or encode_tags(self.tags)
 
 
-@functools.lru_cache(maxsize=65536)
-def _encode_tags(items: tuple[tuple[str, str], ...]) -> str:
-    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in items)
+def encode_tags(tags: Mapping[str, str]) -> str:
+    """Return tags as S3's URL-encoded ``Tagging`` header value."""
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in tags.items())
+
+
+@dataclass(frozen=True, slots=True)
+class KeptTags:
+    """The tags of an org's objects that are kept until deleted, and their header form."""
+
+    tags: Mapping[str, str]
+    header: str
+
+
+def kept_tags(org: OrgResidency, data_class: DataClass) -> KeptTags:
+    """Return the tags of ``org``'s ``data_class`` objects kept until deleted (cacheable)."""
+    tags = object_tags(org, data_class, None)
+    return KeptTags(tags, encode_tags(tags))
+
+
+_new_tuple = tuple.__new__
+
+_KEPT_REASON = {
+    cls: f"{cls.value} are stored in the org's residency region until deleted" for cls in DataClass
+}
 
 
 def object_tags(
@@ -218,19 +289,13 @@ def object_tags(
     return MappingProxyType(tags)
 
 
-@functools.lru_cache(maxsize=65536)
-def _kept_tags(org: OrgResidency, data_class: DataClass) -> Mapping[str, str]:
-    # Objects kept until deleted carry tags that depend on the org record and class only.
-    return object_tags(org, data_class, None)
-
-
 def decide_put(
     org: OrgResidency,
     place: Placement,
     data_class: DataClass,
     key: str,
-    *,
     full_key: str | None = None,
+    kept: KeptTags | None = None,
 ) -> WriteDecision:
     """Decide a caller's ``put``: files and fine-tuning data, kept until deleted.
 
@@ -244,13 +309,12 @@ def decide_put(
             "record_exchange, which applies retention and zero data retention"
         )
     full = full_key if full_key is not None else object_key(org.org_id, data_class, key)
-    return WriteDecision(
-        placement=place,
-        data_class=data_class,
-        key=full,
-        tags=_kept_tags(org, data_class),
-        store=True,
-        reason=f"{data_class.value} are stored in the org's residency region until deleted",
+    if kept is None:
+        kept = kept_tags(org, data_class)
+    # tuple.__new__ skips the generated __new__: this runs on every put.
+    return _new_tuple(
+        WriteDecision,
+        (place, data_class, full, kept.tags, True, _KEPT_REASON[data_class], None, kept.header),
     )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import io
 import ssl
 import time
 from collections import deque
@@ -27,7 +28,7 @@ import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession, get_session
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from router._retry import RetryPolicy, error_code, is_transient
 from router.config import MAX_PARTS, RouterSettings
@@ -227,18 +228,73 @@ class _Chunks:
                 self._pending_bytes += len(view)
 
     def take(self, size: int) -> bytes:
-        out = bytearray()
-        while self._pending and len(out) < size:
+        pieces: list[memoryview] = []
+        taken = 0
+        while self._pending and taken < size:
             head = self._pending[0]
-            need = size - len(out)
+            need = size - taken
             if len(head) <= need:
-                out += head
-                self._pending.popleft()
+                pieces.append(self._pending.popleft())
+                taken += len(head)
             else:
-                out += head[:need]
+                pieces.append(head[:need])
                 self._pending[0] = head[need:]
-        self._pending_bytes -= len(out)
-        return bytes(out)
+                taken += need
+        self._pending_bytes -= taken
+        return b"".join(pieces)  # one copy, whatever the number of chunks
+
+
+def client_config(settings: RouterSettings) -> AioConfig:
+    """The AioConfig of every regional client (benchmarks build raw clients from it too)."""
+    s3_options: dict[str, Any] = {}
+    if settings.endpoint_url:
+        s3_options["addressing_style"] = "path"
+    return AioConfig(
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        max_pool_connections=settings.max_pool_connections,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        http_session_cls=NoRedirectAIOHTTPSession,
+        ignore_configured_endpoint_urls=True,
+        s3=s3_options,
+        user_agent_extra="residency-router",
+    )
+
+
+class _PartStream(io.RawIOBase):
+    """A read-only stream over a part's bytes that never copies more than one read.
+
+    aiohttp copies a ``BytesIO`` body whole, and a ``bytes`` body the socket cannot take at
+    once into its own buffer: either doubles the memory of every part in flight.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._view = memoryview(data)
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}
+        self._position = max(0, min(len(self._view), base[whence] + offset))
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        end = min(len(self._view), self._position + len(buffer))
+        count = end - self._position
+        buffer[:count] = self._view[self._position : end]
+        self._position = end
+        return count
+
+    def __len__(self) -> int:
+        return len(self._view)
 
 
 class StoragePool:
@@ -265,19 +321,7 @@ class StoragePool:
             self._state[cfg.aws_region] = _RegionState()
 
     def _config(self) -> AioConfig:
-        s3_options: dict[str, Any] = {}
-        if self._settings.endpoint_url:
-            s3_options["addressing_style"] = "path"
-        return AioConfig(
-            connect_timeout=self._settings.connect_timeout_s,
-            read_timeout=self._settings.read_timeout_s,
-            max_pool_connections=self._settings.max_pool_connections,
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            http_session_cls=NoRedirectAIOHTTPSession,
-            ignore_configured_endpoint_urls=True,
-            s3=s3_options,
-            user_agent_extra="residency-router",
-        )
+        return client_config(self._settings)
 
     async def __aenter__(self) -> Self:
         session = get_session()
@@ -389,6 +433,11 @@ class StoragePool:
             if code in _NOT_FOUND:
                 raise ObjectNotFoundError(f"{what}: no such object in {aws_region}") from exc
             raise StorageError(f"{what} refused in {aws_region}", code=code) from exc
+        except NoCredentialsError as exc:
+            raise StorageError(
+                f"{what} in {aws_region}: no AWS credentials were found; configure them",
+                code="NoCredentialsError",
+            ) from exc
         except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             self._record(aws_region, False)
             raise RegionUnavailableError(
@@ -592,12 +641,14 @@ class StoragePool:
                 response = await self._run(
                     place.aws_region,
                     f"{where}, part {number}",
+                    # A fresh stream per attempt: aiohttp then sends the part in small reads
+                    # instead of copying what the socket cannot take into its own buffer.
                     lambda: client.upload_part(
                         Bucket=place.bucket,
                         Key=key,
                         UploadId=upload_id,
                         PartNumber=number,
-                        Body=data,
+                        Body=_PartStream(data),
                         ChecksumSHA256=checksum,
                         **owner,
                     ),

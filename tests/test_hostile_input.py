@@ -10,7 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.errors import ConfigError, InvalidKeyError, UnknownOrgError
-from router.policy import object_key, parse_org_id, split_object_key
+from router.policy import (
+    is_plain_key,
+    object_key,
+    parse_org_id,
+    slow_key_problem,
+    split_object_key,
+)
 from router.regions import RegionMap
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
@@ -233,3 +239,10 @@ async def test_unknown_org_with_hostile_key_sends_nothing(
     with pytest.raises((InvalidKeyError, UnknownOrgError)):
         await residency_router.put(OrgId("org-nobody"), "../org-acme/files/x", b"x")
     assert len(s3_requests) == 0
+
+
+@FUZZ
+@given(key=st.one_of(hostile_key, st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E))))
+def test_key_fast_path_never_accepts_what_the_full_rules_refuse(key: str) -> None:
+    if is_plain_key(key):
+        assert slow_key_problem(key) is None, repr(key)
