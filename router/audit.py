@@ -37,6 +37,10 @@ class AuditLog:
         digest = hmac.new(self._secret, key.encode("utf-8", "surrogatepass"), hashlib.sha256)
         return digest.hexdigest()[:32]
 
+    def enabled(self, error: bool = False) -> bool:
+        """Return True when an event of that kind would be logged (skip building it if not)."""
+        return self._logger.isEnabledFor(logging.WARNING if error else logging.INFO)
+
     def emit(
         self,
         operation: str,

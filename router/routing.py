@@ -793,6 +793,8 @@ class ResidencyRouter:
         *,
         outcome: Outcome = "ok",
     ) -> None:
+        if not self._audit.enabled(error is not None):
+            return
         self._audit.emit(
             operation,
             org_id=place.org_id,

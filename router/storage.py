@@ -339,7 +339,8 @@ class StoragePool:
                 s3.meta.events.register_first(
                     "needs-retry.s3", _redirect_guard(cfg.aws_region, cfg.bucket)
                 )
-                s3.meta.events.register("before-send.s3", _drop_expect_continue)
+                for operation in ("PutObject", "UploadPart"):  # the bodies botocore marks
+                    s3.meta.events.register(f"before-send.s3.{operation}", _drop_expect_continue)
                 self._s3[cfg.aws_region] = s3
                 self._kms[cfg.aws_region] = await self._stack.enter_async_context(
                     session.create_client(
