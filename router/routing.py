@@ -348,19 +348,7 @@ class ResidencyRouter:
             self._emit("put", place, cls, decision.key, started, exc)
             raise
         self._emit("put", place, cls, decision.key, started)
-        return WriteReceipt(
-            org_id=place.org_id,
-            region=place.region,
-            aws_region=place.aws_region,
-            bucket=place.bucket,
-            key=decision.key,
-            version_id=result.version_id,
-            sha256=result.sha256,
-            kms_key_arn=place.kms_key_arn,
-            data_class=cls,
-            stored=True,
-            reason=decision.reason,
-        )
+        return _receipt(decision, result.version_id, result.sha256)
 
     async def _plan_put(
         self,
@@ -575,19 +563,7 @@ class ResidencyRouter:
         cls = DataClass.INPUTS_OUTPUTS
         if not decision.store:
             self._emit("record_exchange", place, cls, None, started, outcome="skipped")
-            return WriteReceipt(
-                org_id=place.org_id,
-                region=place.region,
-                aws_region=place.aws_region,
-                bucket=place.bucket,
-                key="",
-                version_id=None,
-                sha256="",
-                kms_key_arn=place.kms_key_arn,
-                data_class=cls,
-                stored=False,
-                reason=decision.reason,
-            )
+            return _receipt(decision, None, "")
         document = exchange_document(endpoint, now, bytes(request), bytes(response))
         try:
             result = await storage.put(
@@ -601,19 +577,7 @@ class ResidencyRouter:
             self._emit("record_exchange", place, cls, decision.key, started, exc)
             raise
         self._emit("record_exchange", place, cls, decision.key, started)
-        return WriteReceipt(
-            org_id=place.org_id,
-            region=place.region,
-            aws_region=place.aws_region,
-            bucket=place.bucket,
-            key=decision.key,
-            version_id=result.version_id,
-            sha256=result.sha256,
-            kms_key_arn=place.kms_key_arn,
-            data_class=cls,
-            stored=True,
-            reason=decision.reason,
-        )
+        return _receipt(decision, result.version_id, result.sha256)
 
     async def purge_expired(self, *, now: datetime | None = None) -> PurgeReport:
         """Delete every version of inputs/outputs whose expiry day is on or before ``now``.
@@ -814,6 +778,23 @@ class _Resolved:
     record: OrgResidency
     place: Placement
     kept: dict[DataClass, KeptTags] = field(default_factory=dict)
+
+
+def _receipt(decision: WriteDecision, version_id: str | None, sha256: str) -> WriteReceipt:
+    place = decision.placement
+    return WriteReceipt(
+        org_id=place.org_id,
+        region=place.region,
+        aws_region=place.aws_region,
+        bucket=place.bucket,
+        key=decision.key if decision.store else "",
+        version_id=version_id,
+        sha256=sha256,
+        kms_key_arn=place.kms_key_arn,
+        data_class=decision.data_class,
+        stored=decision.store,
+        reason=decision.reason,
+    )
 
 
 def _worst(check: RegionCheck) -> tuple[ProblemKind, str]:

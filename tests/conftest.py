@@ -1,15 +1,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from router.routing import ResidencyRouter
+from router.types import Region
+
+if TYPE_CHECKING:
+    from router.testing import ResidencyWorld
 
 pytest_plugins = ["router.testing"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# One static org per residency region in the shipped regions.yaml.
+ORG_BY_REGION = {
+    Region.US: "org-stars",
+    Region.EU: "org-acme",
+    Region.JP: "org-kiku",
+    Region.CA: "org-lark",
+    Region.KR: "org-hana",
+    Region.SG: "org-merlion",
+    Region.IN: "org-lotus",
+}
 REGIONS_FILE = ROOT / "regions.yaml"
 
 
@@ -31,3 +46,13 @@ def s3_requests(residency_router: ResidencyRouter) -> RequestLog:
     log = RequestLog()
     residency_router.storage.register("before-send.s3", log)
     return log
+
+
+@pytest.fixture
+def world_environment(
+    residency_world: ResidencyWorld, monkeypatch: pytest.MonkeyPatch
+) -> ResidencyWorld:
+    """Point RESIDENCY_* settings (as the CLI reads them) at ``residency_world``."""
+    monkeypatch.setenv("RESIDENCY_ENDPOINT_URL", residency_world.endpoint_url)
+    monkeypatch.setenv("RESIDENCY_REGIONS_FILE", str(residency_world.regions_file))
+    return residency_world

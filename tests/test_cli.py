@@ -51,12 +51,9 @@ def test_demo_without_region_map_says_what_to_fix(capsys: pytest.CaptureFixture[
 
 
 def test_explain_prints_decision_and_rules(
-    residency_world: ResidencyWorld,
-    monkeypatch: pytest.MonkeyPatch,
+    world_environment: ResidencyWorld,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("RESIDENCY_ENDPOINT_URL", residency_world.endpoint_url)
-    monkeypatch.setenv("RESIDENCY_REGIONS_FILE", str(residency_world.regions_file))
     status = main(
         [
             "explain",
@@ -86,12 +83,9 @@ def test_explain_prints_decision_and_rules(
 
 
 def test_verify_command_reports_each_region(
-    residency_world: ResidencyWorld,
-    monkeypatch: pytest.MonkeyPatch,
+    world_environment: ResidencyWorld,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("RESIDENCY_ENDPOINT_URL", residency_world.endpoint_url)
-    monkeypatch.setenv("RESIDENCY_REGIONS_FILE", str(residency_world.regions_file))
     assert main(["verify"]) == 0
     out = capsys.readouterr().out
     assert out.count(" ok ") + out.count(" ok\n") >= 7

@@ -12,17 +12,9 @@ from router.errors import RegionUnavailableError
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
 from router.types import Region
+from tests.conftest import ORG_BY_REGION
 from tests.faults import FaultPlan, FaultProxy
 
-ORG_BY_REGION = {
-    Region.US: "org-stars",
-    Region.EU: "org-acme",
-    Region.JP: "org-kiku",
-    Region.CA: "org-lark",
-    Region.KR: "org-hana",
-    Region.SG: "org-merlion",
-    Region.IN: "org-lotus",
-}
 MiB = 1024 * 1024
 
 

@@ -283,12 +283,9 @@ def test_hardened_world_passes_every_check(hardened_world: ResidencyWorld) -> No
 
 
 def test_check_command_passes_and_reports_drift(
-    residency_world: ResidencyWorld,
-    monkeypatch: pytest.MonkeyPatch,
+    world_environment: ResidencyWorld,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("RESIDENCY_ENDPOINT_URL", residency_world.endpoint_url)
-    monkeypatch.setenv("RESIDENCY_REGIONS_FILE", str(residency_world.regions_file))
     assert main(["check", "--skip", "policy"]) == 0
     out = capsys.readouterr().out
     assert f"{7 * (len(CHECKS) - 1)} checks, 0 drifted" in out

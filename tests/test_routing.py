@@ -16,17 +16,7 @@ from router.errors import (
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
 from router.types import DataClass, Region
-from tests.conftest import RequestLog
-
-ORG_BY_REGION = {
-    Region.US: "org-stars",
-    Region.EU: "org-acme",
-    Region.JP: "org-kiku",
-    Region.CA: "org-lark",
-    Region.KR: "org-hana",
-    Region.SG: "org-merlion",
-    Region.IN: "org-lotus",
-}
+from tests.conftest import ORG_BY_REGION, RequestLog
 
 
 @pytest.mark.parametrize("region", list(Region), ids=[r.value for r in Region])
