@@ -13,7 +13,12 @@ from router.errors import (
     StorageError,
     UnknownOrgError,
 )
-from router.orgs import CachedOrgDirectory, OrgDirectory, StaticOrgDirectory
+from router.orgs import (
+    CachedOrgDirectory,
+    DynamoDBOrgDirectory,
+    OrgDirectory,
+    StaticOrgDirectory,
+)
 from router.regions import RegionConfig, RegionMap
 from router.routing import ResidencyRouter
 from router.types import (
@@ -42,6 +47,7 @@ __all__ = [
     "DataClass",
     "DeleteReceipt",
     "DirectoryUnavailableError",
+    "DynamoDBOrgDirectory",
     "ErasureReceipt",
     "Explanation",
     "InvalidKeyError",

@@ -49,6 +49,7 @@ class RouterSettings(BaseSettings):
     negative_cache_ttl_s: Annotated[float, Field(ge=0)] = 5.0
     cache_max_orgs: Annotated[int, Field(ge=1)] = 100_000
     directory_table: str | None = None
+    directory_aws_region: str | None = None  # default: the default processing region's
     directory_timeout_s: PositiveFloat = 2.0
     retry_max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
     retry_deadline_s: PositiveFloat = 20.0

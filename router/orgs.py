@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from router.errors import DirectoryUnavailableError, ResidencyError, UnknownOrgError
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+from router.errors import ConfigError, DirectoryUnavailableError, ResidencyError, UnknownOrgError
 from router.regions import RegionMap
-from router.types import OrgId, OrgResidency
+from router.types import PROCESSING_REGIONS, OrgId, OrgResidency, Region, org_id_problem
 
 
 @runtime_checkable
@@ -210,3 +213,175 @@ def _consume_exception(task: asyncio.Task[OrgResidency]) -> None:
     # Every waiter may have been cancelled; retrieve the error so asyncio does not log it.
     if not task.cancelled():
         task.exception()
+
+
+_BOOL_FIELDS = ("zero_data_retention", "training_opt_in")
+
+
+class DynamoDBOrgDirectory:
+    """Org records in a DynamoDB table; an async context manager (aiobotocore).
+
+    Item schema (partition key ``org_id``, a string)::
+
+        org_id               S     the org id (1-128 ASCII letters, digits, '-', '_')
+        region               S     residency region: us, eu, jp, ca, kr, sg or in
+        processing_region    S     optional: us or eu
+        retention_days       N     optional: inputs/outputs window (default 30)
+        zero_data_retention  BOOL  optional (default false)
+        training_opt_in      BOOL  optional (default false)
+
+    Lookups are strongly consistent reads. The router puts its cache (TTL, single-flight) in
+    front, so a changed record reaches running routers within ``cache_ttl_s``.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        *,
+        aws_region: str,
+        endpoint_url: str | None = None,
+        timeout_s: float = 2.0,
+        default_retention_days: int = 30,
+    ) -> None:
+        self.table = table
+        self.aws_region = aws_region
+        self._endpoint_url = endpoint_url
+        self._timeout_s = timeout_s
+        self._default_retention_days = default_retention_days
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+
+    async def __aenter__(self) -> DynamoDBOrgDirectory:
+        config = AioConfig(
+            connect_timeout=self._timeout_s,
+            read_timeout=self._timeout_s,
+            retries={"total_max_attempts": 2, "mode": "standard"},
+            ignore_configured_endpoint_urls=True,
+        )
+        self._client = await self._stack.enter_async_context(
+            get_session().create_client(
+                "dynamodb",
+                region_name=self.aws_region,
+                config=config,
+                endpoint_url=self._endpoint_url,
+            )
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the DynamoDB client."""
+        self._client = None
+        await self._stack.aclose()
+
+    def _require(self) -> Any:
+        if self._client is None:
+            raise RuntimeError("DynamoDBOrgDirectory is not open (use 'async with')")
+        return self._client
+
+    async def lookup(self, org_id: OrgId) -> OrgResidency:
+        """Return the org's record (a strongly consistent read).
+
+        Raises:
+            UnknownOrgError: no item for the org.
+            ConfigError: the item breaks the schema (the message names the attribute).
+            DirectoryUnavailableError: DynamoDB failed.
+        """
+        client = self._require()
+        try:
+            response = await client.get_item(
+                TableName=self.table, Key={"org_id": {"S": org_id}}, ConsistentRead=True
+            )
+        except Exception as exc:
+            raise DirectoryUnavailableError(
+                f"DynamoDB org directory {self.table} in {self.aws_region} failed "
+                f"({type(exc).__name__})"
+            ) from exc
+        item = response.get("Item")
+        if not item:
+            raise UnknownOrgError(org_id)
+        return self._record(org_id, item)
+
+    async def put(self, record: OrgResidency) -> None:
+        """Write one org's record.
+
+        Raises:
+            DirectoryUnavailableError: DynamoDB failed.
+        """
+        item: dict[str, Any] = {
+            "org_id": {"S": record.org_id},
+            "region": {"S": record.region.value},
+            "retention_days": {"N": str(record.retention_days)},
+            "zero_data_retention": {"BOOL": record.zero_data_retention},
+            "training_opt_in": {"BOOL": record.training_opt_in},
+        }
+        if record.processing_region is not None:
+            item["processing_region"] = {"S": record.processing_region.value}
+        try:
+            await self._require().put_item(TableName=self.table, Item=item)
+        except Exception as exc:
+            raise DirectoryUnavailableError(
+                f"writing to DynamoDB org directory {self.table} failed ({type(exc).__name__})"
+            ) from exc
+
+    async def list(self) -> AsyncIterator[OrgResidency]:
+        """Yield every org record (a full scan: for tooling, not for the request path).
+
+        Raises:
+            DirectoryUnavailableError: DynamoDB failed.
+            ConfigError: an item breaks the schema.
+        """
+        client = self._require()
+        start: dict[str, Any] = {}
+        while True:
+            try:
+                page = await client.scan(TableName=self.table, ConsistentRead=True, **start)
+            except Exception as exc:
+                raise DirectoryUnavailableError(
+                    f"scanning DynamoDB org directory {self.table} failed ({type(exc).__name__})"
+                ) from exc
+            for item in page.get("Items", []):
+                org_id = item.get("org_id", {}).get("S", "")
+                yield self._record(OrgId(org_id), item)
+            if "LastEvaluatedKey" not in page:
+                return
+            start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}
+
+    def _record(self, org_id: OrgId, item: dict[str, Any]) -> OrgResidency:
+        where = f"{self.table}[{org_id}]"
+        if org_id_problem(org_id) is not None:
+            raise ConfigError(f"{where}.org_id: {org_id_problem(org_id)}")
+        try:
+            region = Region(item["region"]["S"])
+        except (KeyError, ValueError, TypeError):
+            raise ConfigError(f"{where}.region: missing or not a residency region") from None
+        processing = None
+        if "processing_region" in item:
+            try:
+                processing = Region(item["processing_region"]["S"])
+            except (KeyError, ValueError, TypeError):
+                raise ConfigError(f"{where}.processing_region: not a residency region") from None
+            if processing not in PROCESSING_REGIONS:
+                raise ConfigError(f"{where}.processing_region: processing pins only to us or eu")
+        days = self._default_retention_days
+        if "retention_days" in item:
+            try:
+                days = int(item["retention_days"]["N"])
+            except (KeyError, ValueError, TypeError):
+                raise ConfigError(f"{where}.retention_days: not a number") from None
+        flags = {}
+        for name in _BOOL_FIELDS:
+            value = item.get(name, {"BOOL": False})
+            if not isinstance(value, dict) or not isinstance(value.get("BOOL"), bool):
+                raise ConfigError(f"{where}.{name}: must be a DynamoDB BOOL")
+            flags[name] = value["BOOL"]
+        return OrgResidency(
+            org_id=org_id,
+            region=region,
+            processing_region=processing,
+            retention_days=days,
+            zero_data_retention=flags["zero_data_retention"],
+            training_opt_in=flags["training_opt_in"],
+        )

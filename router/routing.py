@@ -15,7 +15,6 @@ from typing import Any, Self
 from router.audit import AuditLog, Outcome
 from router.config import RouterSettings
 from router.errors import (
-    ConfigError,
     InvalidKeyError,
     ObjectNotFoundError,
     RegionUnavailableError,
@@ -25,7 +24,12 @@ from router.errors import (
     UnknownOrgError,
     first_error,
 )
-from router.orgs import CachedOrgDirectory, OrgDirectory, StaticOrgDirectory
+from router.orgs import (
+    CachedOrgDirectory,
+    DynamoDBOrgDirectory,
+    OrgDirectory,
+    StaticOrgDirectory,
+)
 from router.policy import (
     KeptTags,
     WriteDecision,
@@ -159,12 +163,19 @@ class ResidencyRouter:
             self._map = await asyncio.to_thread(RegionMap.load, settings.regions_file)
         region_map = self._map
         inner = self._given_directory
-        if inner is None:
-            if settings.directory_table:
-                raise ConfigError(
-                    "directory_table: the DynamoDB org directory is not available in this "
-                    "release; unset RESIDENCY_DIRECTORY_TABLE to use regions.yaml orgs"
+        if inner is None and settings.directory_table:
+            default = region_map.processing.default_region
+            aws_region = settings.directory_aws_region or region_map.region(default).aws_region
+            inner = await self._stack.enter_async_context(
+                DynamoDBOrgDirectory(
+                    settings.directory_table,
+                    aws_region=aws_region,
+                    endpoint_url=settings.endpoint_url,
+                    timeout_s=settings.directory_timeout_s,
+                    default_retention_days=region_map.retention.inputs_outputs_days,
                 )
+            )
+        elif inner is None:
             inner = StaticOrgDirectory.from_region_map(region_map)
         self._directory = CachedOrgDirectory(
             inner,

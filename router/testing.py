@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from router.hardening import (
 )
 from router.regions import RegionConfig, RegionMap
 from router.routing import ResidencyRouter
-from router.types import KEY_ROOT, DataClass, Region
+from router.types import KEY_ROOT, DataClass, OrgResidency, Region
 
 DUMMY_CREDENTIALS = {
     "aws_access_key_id": "testing",
@@ -251,6 +251,40 @@ class ResidencyWorld:
     def client(self, service: str, aws_region: str) -> Any:
         """Return an independent boto3 client for ``service`` in ``aws_region``."""
         return local_client(self.endpoint_url, service, aws_region)
+
+    def create_directory_table(
+        self,
+        table: str,
+        orgs: Mapping[str, OrgResidency] | None = None,
+        *,
+        aws_region: str | None = None,
+    ) -> str:
+        """Create a DynamoDB org table in ``DynamoDBOrgDirectory``'s schema; return its region.
+
+        ``orgs`` defaults to the map's static orgs.
+        """
+        if aws_region is None:
+            default = self.region_map.processing.default_region
+            aws_region = self.region_map.region(default).aws_region
+        dynamodb = self.client("dynamodb", aws_region)
+        dynamodb.create_table(
+            TableName=table,
+            KeySchema=[{"AttributeName": "org_id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "org_id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        for record in (self.region_map.orgs if orgs is None else orgs).values():
+            item: dict[str, Any] = {
+                "org_id": {"S": record.org_id},
+                "region": {"S": record.region.value},
+                "retention_days": {"N": str(record.retention_days)},
+                "zero_data_retention": {"BOOL": record.zero_data_retention},
+                "training_opt_in": {"BOOL": record.training_opt_in},
+            }
+            if record.processing_region is not None:
+                item["processing_region"] = {"S": record.processing_region.value}
+            dynamodb.put_item(TableName=table, Item=item)
+        return aws_region
 
     def bucket(self, region: Region | str) -> str:
         """Return the bucket of a residency region."""

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from router.errors import (
-    ConfigError,
     InvalidKeyError,
     ObjectNotFoundError,
     ResidencyViolationError,
@@ -302,10 +301,15 @@ async def test_concurrent_puts_for_all_regions_land_correctly(
         assert keys == {f"orgs/{org_id}/files/c/{i}" for i in range(5)}
 
 
-async def test_directory_table_without_dynamodb_support_fails_closed(
+async def test_missing_directory_table_fails_closed_without_s3_requests(
     residency_world: ResidencyWorld,
 ) -> None:
-    router = ResidencyRouter.from_settings(residency_world.settings(directory_table="orgs"))
-    with pytest.raises(ConfigError, match="directory_table"):
-        async with router:
-            pass
+    from router.errors import DirectoryUnavailableError
+
+    settings = residency_world.settings(directory_table="no-such-table")
+    async with ResidencyRouter.from_settings(settings) as router:
+        log = RequestLog()
+        router.storage.register("before-send.s3", log)
+        with pytest.raises(DirectoryUnavailableError, match="no-such-table"):
+            await router.put("org-acme", "k", b"x")
+        assert len(log) == 0

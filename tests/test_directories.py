@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from router.errors import ConfigError, UnknownOrgError
+from router.orgs import CachedOrgDirectory, DynamoDBOrgDirectory, OrgDirectory, StaticOrgDirectory
+from router.routing import ResidencyRouter
+from router.testing import ResidencyWorld
+from router.types import OrgId, OrgResidency, Region
+
+RECORDS = {
+    "org-acme": OrgResidency(OrgId("org-acme"), Region.EU, processing_region=Region.EU),
+    "org-kiku": OrgResidency(OrgId("org-kiku"), Region.JP, zero_data_retention=True),
+    "org-lark": OrgResidency(OrgId("org-lark"), Region.CA, training_opt_in=True, retention_days=7),
+}
+
+
+@pytest.fixture(params=["static", "dynamodb"])
+async def directory(
+    request: pytest.FixtureRequest, residency_world: ResidencyWorld
+) -> AsyncIterator[OrgDirectory]:
+    if request.param == "static":
+        yield StaticOrgDirectory(RECORDS)
+        return
+    aws_region = residency_world.create_directory_table("orgs", RECORDS)
+    async with DynamoDBOrgDirectory(
+        "orgs", aws_region=aws_region, endpoint_url=residency_world.endpoint_url
+    ) as dynamo:
+        yield dynamo
+
+
+async def test_directory_returns_each_record_exactly(directory: OrgDirectory) -> None:
+    for org_id, record in RECORDS.items():
+        assert await directory.lookup(OrgId(org_id)) == record
+
+
+async def test_directory_raises_unknown_org(directory: OrgDirectory) -> None:
+    with pytest.raises(UnknownOrgError):
+        await directory.lookup(OrgId("org-nobody"))
+
+
+async def test_directory_behind_cache_is_single_flight(directory: OrgDirectory) -> None:
+    calls = 0
+    inner_lookup = directory.lookup
+
+    class Counting:
+        async def lookup(self, org_id: OrgId) -> OrgResidency:
+            nonlocal calls
+            calls += 1
+            return await inner_lookup(org_id)
+
+    cache = CachedOrgDirectory(Counting())
+    results = await asyncio.gather(*(cache.lookup(OrgId("org-lark")) for _ in range(100)))
+    assert results == [RECORDS["org-lark"]] * 100
+    assert calls == 1
+
+
+async def test_dynamodb_directory_refuses_malformed_items(residency_world: ResidencyWorld) -> None:
+    aws_region = residency_world.create_directory_table("orgs", {})
+    dynamodb = residency_world.client("dynamodb", aws_region)
+    dynamodb.put_item(TableName="orgs", Item={"org_id": {"S": "bad-1"}, "region": {"S": "mars"}})
+    dynamodb.put_item(
+        TableName="orgs",
+        Item={"org_id": {"S": "bad-2"}, "region": {"S": "jp"}, "processing_region": {"S": "jp"}},
+    )
+    async with DynamoDBOrgDirectory(
+        "orgs", aws_region=aws_region, endpoint_url=residency_world.endpoint_url
+    ) as dynamo:
+        with pytest.raises(ConfigError, match=r"orgs\[bad-1\]\.region"):
+            await dynamo.lookup(OrgId("bad-1"))
+        with pytest.raises(ConfigError, match="processing_region"):
+            await dynamo.lookup(OrgId("bad-2"))
+
+
+async def test_dynamodb_directory_put_and_list_round_trip(residency_world: ResidencyWorld) -> None:
+    aws_region = residency_world.create_directory_table("orgs", {})
+    async with DynamoDBOrgDirectory(
+        "orgs", aws_region=aws_region, endpoint_url=residency_world.endpoint_url
+    ) as dynamo:
+        for record in RECORDS.values():
+            await dynamo.put(record)
+        listed = {r.org_id: r async for r in dynamo.list()}
+    assert listed == RECORDS
+
+
+async def test_router_uses_dynamodb_table_when_directory_table_is_set(
+    residency_world: ResidencyWorld,
+) -> None:
+    residency_world.create_directory_table("org-directory", RECORDS)
+    settings = residency_world.settings(directory_table="org-directory")
+    async with ResidencyRouter.from_settings(settings) as router:
+        receipt = await router.put("org-lark", "a.txt", b"x")
+        assert receipt.region is Region.CA
+        with pytest.raises(UnknownOrgError):
+            await router.put("org-stars", "a.txt", b"x")  # in regions.yaml, not in the table
+        # A changed record reaches the router at once after invalidate().
+        dynamodb = residency_world.client("dynamodb", "us-east-1")
+        dynamodb.update_item(
+            TableName="org-directory",
+            Key={"org_id": {"S": "org-lark"}},
+            UpdateExpression="SET training_opt_in = :f",
+            ExpressionAttributeValues={":f": {"BOOL": False}},
+        )
+        router.invalidate("org-lark")
+        assert [o async for o in router.list_training_eligible("org-lark")] == []
+    residency_world.assert_stored_in("org-lark", "a.txt", "ca")
