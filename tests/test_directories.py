@@ -107,3 +107,58 @@ async def test_router_uses_dynamodb_table_when_directory_table_is_set(
         router.invalidate("org-lark")
         assert [o async for o in router.list_training_eligible("org-lark")] == []
     residency_world.assert_stored_in("org-lark", "a.txt", "ca")
+
+
+def test_orgs_cli_sets_shows_lists_and_refuses_moving_stored_data(
+    world_environment: ResidencyWorld,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from router.cli import main
+
+    world = world_environment
+    world.create_directory_table("org-directory", RECORDS)
+    monkeypatch.setenv("RESIDENCY_DIRECTORY_TABLE", "org-directory")
+
+    assert main(["orgs", "set", "org-new", "--region", "sg", "--training-opt-in"]) == 0
+    assert "org-new: region=sg" in capsys.readouterr().out
+    assert main(["orgs", "show", "org-new"]) == 0
+    assert "training_opt_in=true" in capsys.readouterr().out
+    assert main(["orgs", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"{org_id}:" in listed for org_id in [*RECORDS, "org-new"])
+
+    # No stored data yet: the region may change.
+    assert main(["orgs", "set", "org-new", "--region", "in"]) == 0
+    capsys.readouterr()
+    # Stored data: the storage region may not change; other fields may.
+    world.s3("ca").put_object(
+        Bucket=world.bucket("ca"),
+        Key="orgs/org-lark/files/kept.txt",
+        Body=b"x",
+        ServerSideEncryption="aws:kms",
+        SSEKMSKeyId=world.key_arn("ca"),
+    )
+    assert main(["orgs", "set", "org-lark", "--region", "us"]) == 1
+    err = capsys.readouterr().err
+    assert "refused" in err
+    assert "stored data in ca" in err
+    assert main(["orgs", "show", "org-lark"]) == 0
+    assert "region=ca" in capsys.readouterr().out
+    assert main(["orgs", "set", "org-lark", "--no-training-opt-in"]) == 0
+    assert "training_opt_in=false" in capsys.readouterr().out
+    assert main(["orgs", "set", "org-lark", "--retention-days", "14"]) == 2
+    assert "retention_days 14" in capsys.readouterr().err
+    assert main(["orgs", "set", "org-kiku", "--processing-region", "eu"]) == 0
+    assert "processing_region=eu" in capsys.readouterr().out
+
+
+def test_orgs_set_needs_a_dynamodb_table(
+    world_environment: ResidencyWorld, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from router.cli import main
+
+    assert main(["orgs", "set", "org-acme", "--region", "us"]) == 2
+    assert "RESIDENCY_DIRECTORY_TABLE" in capsys.readouterr().err
+    assert main(["orgs", "show", "org-acme"]) == 0
+    assert "region=eu" in capsys.readouterr().out
