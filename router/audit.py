@@ -6,7 +6,14 @@ import hashlib
 import hmac
 import logging
 import secrets
-from typing import Literal
+import time
+from typing import Any, Literal
+
+try:  # the `otel` extra: spans only when OpenTelemetry is installed and configured
+    from opentelemetry import trace as _trace
+    from opentelemetry.trace import ProxyTracerProvider, Status, StatusCode
+except ImportError:  # pragma: no cover - exercised without the extra
+    _trace = None  # type: ignore[assignment]
 
 AUDIT_LOGGER = "router.audit"
 
@@ -38,8 +45,10 @@ class AuditLog:
         return digest.hexdigest()[:32]
 
     def enabled(self, error: bool = False) -> bool:
-        """Return True when an event of that kind would be logged (skip building it if not)."""
-        return self._logger.isEnabledFor(logging.WARNING if error else logging.INFO)
+        """Return True when an event would be logged or traced (skip building it if not)."""
+        return _tracer() is not None or self._logger.isEnabledFor(
+            logging.WARNING if error else logging.INFO
+        )
 
     def emit(
         self,
@@ -55,7 +64,8 @@ class AuditLog:
     ) -> None:
         """Log one audit event at INFO (errors and refusals at WARNING)."""
         level = logging.INFO if outcome in ("ok", "skipped") else logging.WARNING
-        if not self._logger.isEnabledFor(level):
+        tracer = _tracer()
+        if tracer is None and not self._logger.isEnabledFor(level):
             return
         event: dict[str, object] = {
             "event": "residency." + operation,
@@ -71,6 +81,33 @@ class AuditLog:
             event["latency_ms"] = round(latency_ms, 3)
         if error is not None:
             event["error"] = error
+        if tracer is not None:
+            _record_span(tracer, event, latency_ms)
+        if not self._logger.isEnabledFor(level):
+            return
         self._logger.log(
             level, "%s org=%s outcome=%s", event["event"], org_id, outcome, extra={"audit": event}
         )
+
+
+def _tracer() -> Any:
+    """Return the router's tracer, or None unless an OpenTelemetry SDK is configured."""
+    if _trace is None or isinstance(_trace.get_tracer_provider(), ProxyTracerProvider):
+        return None
+    return _trace.get_tracer("router")
+
+
+def _record_span(tracer: Any, event: dict[str, object], latency_ms: float | None) -> None:
+    # One span per audit event, back-dated by its latency: the span carries the same ids
+    # and outcome as the event, and never content or a plain key.
+    end = time.time_ns()
+    start = end - int((latency_ms or 0.0) * 1_000_000)
+    attributes = {
+        f"residency.{name}": value
+        for name, value in event.items()
+        if value is not None and name != "event" and isinstance(value, str | int | float)
+    }
+    span = tracer.start_span(str(event["event"]), start_time=start, attributes=attributes)
+    if event.get("outcome") == "error":
+        span.set_status(Status(StatusCode.ERROR, str(event.get("error", ""))))
+    span.end(end_time=end)

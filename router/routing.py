@@ -460,8 +460,14 @@ class ResidencyRouter:
             StorageError: S3 refused for good.
             RegionUnavailableError: the region failed after retries.
         """
+        started = time.perf_counter()
         storage, place, cls, full = await self._locate(org_id, key, data_class)
-        found = await storage.head(place, full)
+        try:
+            found = await storage.head(place, full)
+        except ResidencyError as exc:
+            self._emit("head", place, cls, full, started, exc)
+            raise
+        self._emit("head", place, cls, full, started)
         return ObjectInfo(place.org_id, cls, key, found.size, found.version_id, found.last_modified)
 
     async def delete(
@@ -503,6 +509,9 @@ class ResidencyRouter:
         classes = list(DataClass) if data_class is None else [parse_data_class(data_class)]
         prefixes = [list_prefix(org, cls, prefix) for cls in classes]
         _, place = await self._org(org)
+        started = time.perf_counter()
+        listed_class = classes[0] if len(classes) == 1 else DataClass.FILES
+        self._emit("list", place, listed_class, None, started)
         for s3_prefix in prefixes:
             async for found in storage.list_objects(place, s3_prefix):
                 parsed = split_object_key(found.key)

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from router.audit import AUDIT_LOGGER, AuditLog
+from router.errors import ObjectNotFoundError
+from router.routing import ResidencyRouter
+from router.testing import ResidencyWorld
+
+
+class Events(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.events.append(dict(record.audit))  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def audit_events() -> Iterator[Events]:
+    handler = Events()
+    logger = logging.getLogger(AUDIT_LOGGER)
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+def keyed(secret: str, key: str) -> str:
+    return hmac.new(secret.encode(), key.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+async def test_every_operation_emits_one_structured_event(
+    residency_world: ResidencyWorld, audit_events: Events
+) -> None:
+    settings = residency_world.settings(audit_hmac_secret="s3cret")
+    async with ResidencyRouter.from_settings(settings) as router:
+        await router.put("org-acme", "doc.txt", b"content")
+        await router.get("org-acme", "doc.txt")
+        await router.delete("org-acme", "doc.txt")
+        with pytest.raises(ObjectNotFoundError):
+            await router.get("org-acme", "doc.txt")
+        await router.route_processing("org-acme", "/v1/chat/completions")
+        await router.record_exchange(
+            "org-kiku", "/v1/chat/completions", request=b"q", response=b"a"
+        )
+    ops = [(e["operation"], e["outcome"]) for e in audit_events.events]
+    assert ops == [
+        ("put", "ok"),
+        ("get", "ok"),
+        ("delete", "ok"),
+        ("get", "error"),
+        ("route_processing", "ok"),
+        ("record_exchange", "skipped"),
+    ]
+    put = audit_events.events[0]
+    assert put["org_id"] == "org-acme"
+    assert put["region"] == "eu"
+    assert put["data_class"] == "files"
+    assert put["latency_ms"] >= 0
+    assert put["key_hash"] == keyed("s3cret", "orgs/org-acme/files/doc.txt")
+    assert audit_events.events[3]["error"] == "ObjectNotFoundError"
+    for event in audit_events.events:
+        assert "content" not in repr(event)
+        assert "doc.txt" not in repr(event)
+
+
+def test_key_hash_depends_on_the_secret() -> None:
+    key = "orgs/org-acme/files/doc.txt"
+    assert AuditLog(b"one").key_hash(key) == AuditLog(b"one").key_hash(key)
+    assert AuditLog(b"one").key_hash(key) != AuditLog(b"two").key_hash(key)
+    assert AuditLog().key_hash(key) != AuditLog().key_hash(key)  # random per process
+
+
+@pytest.fixture(scope="session")
+def spans() -> InMemorySpanExporter:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+async def test_operations_become_spans_when_opentelemetry_is_configured(
+    residency_world: ResidencyWorld, spans: InMemorySpanExporter
+) -> None:
+    spans.clear()
+    async with ResidencyRouter.from_settings(residency_world.settings()) as router:
+        await router.put("org-lark", "a.txt", b"x")
+        with pytest.raises(ObjectNotFoundError):
+            await router.head("org-lark", "missing.txt")
+        with pytest.raises(ObjectNotFoundError):
+            await router.get("org-lark", "missing.txt")
+    finished = spans.get_finished_spans()
+    names = [s.name for s in finished]
+    assert names == ["residency.put", "residency.head", "residency.get"]
+    put, _, failed = finished
+    assert put.attributes is not None
+    assert put.attributes["residency.org_id"] == "org-lark"
+    assert put.attributes["residency.region"] == "ca"
+    assert put.attributes["residency.outcome"] == "ok"
+    assert "residency.key_hash" in put.attributes
+    assert put.end_time is not None
+    assert put.start_time is not None
+    assert put.end_time >= put.start_time
+    assert failed.status.status_code is StatusCode.ERROR
