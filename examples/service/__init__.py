@@ -1,0 +1,1 @@
+"""An example ASGI service that embeds one ResidencyRouter."""
