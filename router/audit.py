@@ -90,11 +90,20 @@ class AuditLog:
         )
 
 
+_TRACERS: dict[int, Any] = {}
+
+
 def _tracer() -> Any:
     """Return the router's tracer, or None unless an OpenTelemetry SDK is configured."""
-    if _trace is None or isinstance(_trace.get_tracer_provider(), ProxyTracerProvider):
+    if _trace is None:
+        return None  # type: ignore[unreachable]
+    provider = _trace.get_tracer_provider()
+    if isinstance(provider, ProxyTracerProvider):
         return None
-    return _trace.get_tracer("router")
+    tracer = _TRACERS.get(id(provider))
+    if tracer is None:
+        tracer = _TRACERS[id(provider)] = provider.get_tracer("router")
+    return tracer
 
 
 def _record_span(tracer: Any, event: dict[str, object], latency_ms: float | None) -> None:

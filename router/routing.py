@@ -381,10 +381,8 @@ class ResidencyRouter:
             org = OrgId(org_id)
         if metadata:
             _check_metadata(metadata)
-        resolved = self._resolved.get(org)
-        directory = self._directory
-        record = None if directory is None else directory.cached(org)
-        if resolved is None or record is None or resolved.record is not record:
+        resolved = self._warm(org)
+        if resolved is None:
             resolved = await self._resolve_org(org)
         kept = resolved.kept.get(cls)
         if kept is None and cls is not DataClass.INPUTS_OUTPUTS:
@@ -395,11 +393,25 @@ class ResidencyRouter:
         self, org_id: str, key: str, data_class: DataClass | str
     ) -> tuple[StoragePool, Placement, DataClass, str]:
         storage = self._open()[0]
-        cls = parse_data_class(data_class)
-        org = parse_org_id(org_id)
-        full = object_key(org, cls, key)
-        _, place = await self._org(org)
-        return storage, place, cls, full
+        cls = data_class if data_class.__class__ is DataClass else parse_data_class(data_class)
+        full = plain_object_key(org_id, cls, key)
+        if full is None:
+            org = parse_org_id(org_id)
+            full = object_key(org, cls, key)
+        else:
+            org = OrgId(org_id)
+        resolved = self._warm(org)
+        if resolved is None:
+            resolved = await self._resolve_org(org)
+        return storage, resolved.place, cls, full
+
+    def _warm(self, org: OrgId) -> _Resolved | None:
+        """The org's derived record when the cache holds it unchanged (no await)."""
+        resolved = self._resolved.get(org)
+        directory = self._directory
+        if resolved is None or directory is None:
+            return None
+        return resolved if directory.cached(org) is resolved.record else None
 
     async def get(
         self, org_id: str, key: str, *, data_class: DataClass | str = DataClass.FILES
