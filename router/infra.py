@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,6 +314,16 @@ def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def _unless_missing(call: Callable[[], Any], missing_code: str) -> Any:
+    """Return ``call()``, or None when S3 answers that this configuration does not exist."""
+    try:
+        return call()
+    except ClientError as exc:
+        if _error_code(exc) == missing_code:
+            return None
+        raise
+
+
 class DriftChecker:
     """Compares live buckets and keys with the region map and ``router/hardening.py``."""
 
@@ -407,14 +417,13 @@ class DriftChecker:
     def _encryption(
         self, s3: Any, cfg: RegionConfig, key_arn: str | None, *, key_only: bool
     ) -> str | None:
-        try:
-            rules = s3.get_bucket_encryption(Bucket=cfg.bucket)[
-                "ServerSideEncryptionConfiguration"
-            ]["Rules"]
-        except ClientError as exc:
-            if _error_code(exc) == "ServerSideEncryptionConfigurationNotFoundError":
-                return "no default encryption"
-            raise
+        found = _unless_missing(
+            lambda: s3.get_bucket_encryption(Bucket=cfg.bucket),
+            "ServerSideEncryptionConfigurationNotFoundError",
+        )
+        if found is None:
+            return "no default encryption"
+        rules = found["ServerSideEncryptionConfiguration"]["Rules"]
         default = rules[0].get("ApplyServerSideEncryptionByDefault", {}) if rules else {}
         if not key_only:
             if default.get("SSEAlgorithm") != "aws:kms":
@@ -451,24 +460,24 @@ class DriftChecker:
         return "key is multi-region" if meta.get("MultiRegion") else None
 
     def _bpa(self, s3: Any, cfg: RegionConfig) -> str | None:
-        try:
-            live = s3.get_public_access_block(Bucket=cfg.bucket)["PublicAccessBlockConfiguration"]
-        except ClientError as exc:
-            if _error_code(exc) == "NoSuchPublicAccessBlockConfiguration":
-                return "no Block Public Access configuration"
-            raise
+        found = _unless_missing(
+            lambda: s3.get_public_access_block(Bucket=cfg.bucket),
+            "NoSuchPublicAccessBlockConfiguration",
+        )
+        if found is None:
+            return "no Block Public Access configuration"
+        live = found["PublicAccessBlockConfiguration"]
         off = [name for name in public_access_block() if not live.get(name)]
         return f"{', '.join(off)} off" if off else None
 
     def _ownership(self, s3: Any, cfg: RegionConfig) -> str | None:
-        try:
-            rules = s3.get_bucket_ownership_controls(Bucket=cfg.bucket)["OwnershipControls"][
-                "Rules"
-            ]
-        except ClientError as exc:
-            if _error_code(exc) == "OwnershipControlsNotFoundError":
-                return "no ownership controls (ACLs enabled)"
-            raise
+        found = _unless_missing(
+            lambda: s3.get_bucket_ownership_controls(Bucket=cfg.bucket),
+            "OwnershipControlsNotFoundError",
+        )
+        if found is None:
+            return "no ownership controls (ACLs enabled)"
+        rules = found["OwnershipControls"]["Rules"]
         found = rules[0].get("ObjectOwnership") if rules else None
         return None if found == OWNERSHIP else f"object ownership is {found}, not {OWNERSHIP}"
 
@@ -486,12 +495,13 @@ class DriftChecker:
         return None
 
     def _lifecycle(self, s3: Any, spec: HardenedRegion) -> str | None:
-        try:
-            live = s3.get_bucket_lifecycle_configuration(Bucket=spec.bucket)["Rules"]
-        except ClientError as exc:
-            if _error_code(exc) == "NoSuchLifecycleConfiguration":
-                return "no lifecycle rules"
-            raise
+        found = _unless_missing(
+            lambda: s3.get_bucket_lifecycle_configuration(Bucket=spec.bucket),
+            "NoSuchLifecycleConfiguration",
+        )
+        if found is None:
+            return "no lifecycle rules"
+        live = found["Rules"]
         by_id = {rule.get("ID"): rule for rule in live}
         problems = []
         for expected in spec.lifecycle:
@@ -503,12 +513,12 @@ class DriftChecker:
         return "; ".join(problems) or None
 
     def _policy(self, s3: Any, spec: HardenedRegion, key_arn: str | None) -> str | None:
-        try:
-            live = json.loads(s3.get_bucket_policy(Bucket=spec.bucket)["Policy"])
-        except ClientError as exc:
-            if _error_code(exc) == "NoSuchBucketPolicy":
-                return "no bucket policy"
-            raise
+        found = _unless_missing(
+            lambda: s3.get_bucket_policy(Bucket=spec.bucket), "NoSuchBucketPolicy"
+        )
+        if found is None:
+            return "no bucket policy"
+        live = json.loads(found["Policy"])
         statements = live.get("Statement", [])
         by_sid = {s.get("Sid"): s for s in statements if isinstance(s, Mapping)}
         problems = []
@@ -521,12 +531,11 @@ class DriftChecker:
         return "; ".join(problems) or None
 
     def _replication(self, s3: Any, cfg: RegionConfig) -> str | None:
-        try:
-            rules = s3.get_bucket_replication(Bucket=cfg.bucket)["ReplicationConfiguration"].get(
-                "Rules", []
-            )
-        except ClientError as exc:
-            if _error_code(exc) == "ReplicationConfigurationNotFoundError":
-                return None
-            raise
+        found = _unless_missing(
+            lambda: s3.get_bucket_replication(Bucket=cfg.bucket),
+            "ReplicationConfigurationNotFoundError",
+        )
+        if found is None:
+            return None
+        rules = found["ReplicationConfiguration"].get("Rules", [])
         return f"replication is configured ({len(rules)} rules): data would leave the region"

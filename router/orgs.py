@@ -218,6 +218,20 @@ def _consume_exception(task: asyncio.Task[OrgResidency]) -> None:
 _BOOL_FIELDS = ("zero_data_retention", "training_opt_in")
 
 
+def dynamodb_item(record: OrgResidency) -> dict[str, Any]:
+    """Return an org record as a DynamoDB item of ``DynamoDBOrgDirectory``'s schema."""
+    item: dict[str, Any] = {
+        "org_id": {"S": record.org_id},
+        "region": {"S": record.region.value},
+        "retention_days": {"N": str(record.retention_days)},
+        "zero_data_retention": {"BOOL": record.zero_data_retention},
+        "training_opt_in": {"BOOL": record.training_opt_in},
+    }
+    if record.processing_region is not None:
+        item["processing_region"] = {"S": record.processing_region.value}
+    return item
+
+
 class DynamoDBOrgDirectory:
     """Org records in a DynamoDB table; an async context manager (aiobotocore).
 
@@ -310,17 +324,8 @@ class DynamoDBOrgDirectory:
         Raises:
             DirectoryUnavailableError: DynamoDB failed.
         """
-        item: dict[str, Any] = {
-            "org_id": {"S": record.org_id},
-            "region": {"S": record.region.value},
-            "retention_days": {"N": str(record.retention_days)},
-            "zero_data_retention": {"BOOL": record.zero_data_retention},
-            "training_opt_in": {"BOOL": record.training_opt_in},
-        }
-        if record.processing_region is not None:
-            item["processing_region"] = {"S": record.processing_region.value}
         try:
-            await self._require().put_item(TableName=self.table, Item=item)
+            await self._require().put_item(TableName=self.table, Item=dynamodb_item(record))
         except Exception as exc:
             raise DirectoryUnavailableError(
                 f"writing to DynamoDB org directory {self.table} failed ({type(exc).__name__})"

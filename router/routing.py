@@ -369,21 +369,10 @@ class ResidencyRouter:
         metadata: Mapping[str, str] | None,
     ) -> WriteDecision:
         """The routing decision of one put, everything before I/O (the benchmarked path)."""
-        # Every check below runs before any lookup; the common case stays on one fast path
-        # (one regex per id and key, dictionary hits, no inner await) and the rest falls back
-        # to the full validators, which name the problem.
-        cls = data_class if data_class.__class__ is DataClass else parse_data_class(data_class)
-        full_key = plain_object_key(org_id, cls, key)
-        if full_key is None:
-            org = parse_org_id(org_id)
-            full_key = object_key(org, cls, key)
-        else:
-            org = OrgId(org_id)
+        org, cls, full_key = _checked_key(org_id, key, data_class)
         if metadata:
             _check_metadata(metadata)
-        resolved = self._warm(org)
-        if resolved is None:
-            resolved = await self._resolve_org(org)
+        resolved = self._warm(org) or await self._resolve_org(org)
         kept = resolved.kept.get(cls)
         if kept is None and cls is not DataClass.INPUTS_OUTPUTS:
             kept = resolved.kept[cls] = kept_tags(resolved.record, cls)
@@ -393,16 +382,8 @@ class ResidencyRouter:
         self, org_id: str, key: str, data_class: DataClass | str
     ) -> tuple[StoragePool, Placement, DataClass, str]:
         storage = self._open()[0]
-        cls = data_class if data_class.__class__ is DataClass else parse_data_class(data_class)
-        full = plain_object_key(org_id, cls, key)
-        if full is None:
-            org = parse_org_id(org_id)
-            full = object_key(org, cls, key)
-        else:
-            org = OrgId(org_id)
-        resolved = self._warm(org)
-        if resolved is None:
-            resolved = await self._resolve_org(org)
+        org, cls, full = _checked_key(org_id, key, data_class)
+        resolved = self._warm(org) or await self._resolve_org(org)
         return storage, resolved.place, cls, full
 
     def _warm(self, org: OrgId) -> _Resolved | None:
@@ -810,6 +791,22 @@ class _Resolved:
     record: OrgResidency
     place: Placement
     kept: dict[DataClass, KeptTags] = field(default_factory=dict)
+
+
+def _checked_key(
+    org_id: str, key: str, data_class: DataClass | str
+) -> tuple[OrgId, DataClass, str]:
+    """Apply the id, class and key rules before any lookup; return the full S3 key.
+
+    The common case stays on one fast path (one regex per id and key, dictionary hits);
+    anything else falls back to the full validators, which name the problem.
+    """
+    cls = data_class if data_class.__class__ is DataClass else parse_data_class(data_class)
+    full = plain_object_key(org_id, cls, key)
+    if full is not None:
+        return OrgId(org_id), cls, full
+    org = parse_org_id(org_id)
+    return org, cls, object_key(org, cls, key)
 
 
 def _receipt(decision: WriteDecision, version_id: str | None, sha256: str) -> WriteReceipt:

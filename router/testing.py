@@ -39,6 +39,7 @@ from router.hardening import (
     public_access_block,
     versioning,
 )
+from router.orgs import dynamodb_item
 from router.regions import RegionConfig, RegionMap
 from router.routing import ResidencyRouter
 from router.types import KEY_ROOT, DataClass, OrgResidency, Region
@@ -274,16 +275,7 @@ class ResidencyWorld:
             BillingMode="PAY_PER_REQUEST",
         )
         for record in (self.region_map.orgs if orgs is None else orgs).values():
-            item: dict[str, Any] = {
-                "org_id": {"S": record.org_id},
-                "region": {"S": record.region.value},
-                "retention_days": {"N": str(record.retention_days)},
-                "zero_data_retention": {"BOOL": record.zero_data_retention},
-                "training_opt_in": {"BOOL": record.training_opt_in},
-            }
-            if record.processing_region is not None:
-                item["processing_region"] = {"S": record.processing_region.value}
-            dynamodb.put_item(TableName=table, Item=item)
+            dynamodb.put_item(TableName=table, Item=dynamodb_item(record))
         return aws_region
 
     def bucket(self, region: Region | str) -> str:
