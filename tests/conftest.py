@@ -56,3 +56,13 @@ def world_environment(
     monkeypatch.setenv("RESIDENCY_ENDPOINT_URL", residency_world.endpoint_url)
     monkeypatch.setenv("RESIDENCY_REGIONS_FILE", str(residency_world.regions_file))
     return residency_world
+
+
+def without_bucket_default_encryption(world: ResidencyWorld, *regions: str) -> None:
+    """Remove the buckets' default SSE-KMS, so only the router's own headers can encrypt.
+
+    With the default in place an object written without SSE headers would still come out
+    under the region key, and a test of the router's encryption would prove nothing.
+    """
+    for region in regions or tuple(cfg.region.value for cfg in world.region_map):
+        world.s3(region).delete_bucket_encryption(Bucket=world.bucket(region))

@@ -125,3 +125,29 @@ async def test_bucket_in_wrong_region_fails_closed_with_nothing_written(
         await router.put("org-stars", "a.txt", b"x")
     assert s3.list_object_versions(Bucket=eu.bucket).get("Versions", []) == []
     residency_world.assert_stored_in("org-stars", "a.txt", "us")
+
+
+async def test_write_answered_under_a_foreign_key_is_removed_and_refused(
+    key_arn_map: Path,
+) -> None:
+    def foreign_key(method: str, path: str) -> Reply:
+        if method == "DELETE":
+            return 204, {}, b""
+        headers = {
+            "ETag": '"abc"',
+            "x-amz-version-id": "v-foreign",
+            "x-amz-server-side-encryption": "aws:kms",
+            "x-amz-server-side-encryption-aws-kms-key-id": (
+                "arn:aws:kms:us-east-1:123456789012:key/someone-elses"
+            ),
+        }
+        return 200, headers, b""
+
+    with stub_server(foreign_key) as stub:
+        async with ResidencyRouter.from_settings(unverified(key_arn_map, stub.url)) as router:
+            stub.requests.clear()
+            with pytest.raises(ResidencyViolationError, match="KMS key other than"):
+                await router.put("org-acme", "a.txt", b"secret")
+    methods = [method for method, _ in stub.requests]
+    assert methods == ["PUT", "DELETE"]
+    assert "versionId=v-foreign" in stub.requests[1][1]

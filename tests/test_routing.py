@@ -15,7 +15,7 @@ from router.errors import (
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
 from router.types import DataClass, Region
-from tests.conftest import ORG_BY_REGION, RequestLog
+from tests.conftest import ORG_BY_REGION, RequestLog, without_bucket_default_encryption
 
 
 @pytest.mark.parametrize("region", list(Region), ids=[r.value for r in Region])
@@ -23,6 +23,7 @@ async def test_put_lands_only_in_org_region_under_region_key(
     residency_router: ResidencyRouter, residency_world: ResidencyWorld, region: Region
 ) -> None:
     org_id = ORG_BY_REGION[region]
+    without_bucket_default_encryption(residency_world, region)
     body = f"payload for {org_id}".encode()
     receipt = await residency_router.put(org_id, "docs/a.txt", body, content_type="text/plain")
 

@@ -12,6 +12,7 @@ from router.orgs import StaticOrgDirectory
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
 from router.types import OrgId, OrgResidency, Region
+from tests.conftest import without_bucket_default_encryption
 
 OPERATIONS = 2000
 TASKS = 200
@@ -35,6 +36,7 @@ async def chunks(seed: int, size: int) -> AsyncIterator[bytes]:
 
 
 async def test_soak_keeps_every_invariant(residency_world: ResidencyWorld) -> None:
+    without_bucket_default_encryption(residency_world)
     settings = residency_world.settings(
         multipart_threshold=5 * MiB, multipart_part_size=5 * MiB, multipart_concurrency=2
     )

@@ -9,6 +9,7 @@ import pytest
 
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
+from tests.conftest import without_bucket_default_encryption
 
 MiB = 1024 * 1024
 PART = 5 * MiB
@@ -73,6 +74,7 @@ async def small_part_router(residency_world: ResidencyWorld) -> AsyncIterator[Re
 async def test_streamed_64mib_upload_buffers_at_most_part_size_times_concurrency(
     small_part_router: ResidencyRouter, residency_world: ResidencyWorld
 ) -> None:
+    without_bucket_default_encryption(residency_world, "eu")
     total = 64 * MiB
     meter = Meter(total)
     sizes: dict[int, int] = {}
@@ -116,6 +118,7 @@ async def test_small_stream_is_a_single_put(
 async def test_large_bytes_body_goes_through_multipart(
     small_part_router: ResidencyRouter, residency_world: ResidencyWorld
 ) -> None:
+    without_bucket_default_encryption(residency_world, "eu")
     data = bytes(range(256)) * (12 * MiB // 256)
     receipt = await small_part_router.put("org-acme", "bytes.bin", data)
     assert receipt.sha256 == hashlib.sha256(data).hexdigest()
