@@ -150,14 +150,28 @@ class RetryPolicy:
         try:
             return await operation()
         except Exception as exc:
-            retryable = is_transient(exc) if idempotent else is_unprocessed(exc)
-            if not retryable or self.max_attempts <= 1:
-                raise
-            first_error = exc
+            return await self.after_first(operation, exc, started, idempotent=idempotent)
+
+    async def after_first(
+        self,
+        operation: Callable[[], Awaitable[T]],
+        error: Exception,
+        started: float,
+        *,
+        idempotent: bool = True,
+    ) -> T:
+        """Go on after a failed first attempt: retry while allowed, else re-raise ``error``.
+
+        ``started`` is the monotonic time the first attempt began; the deadline counts from
+        there. For callers that run the first attempt themselves (one coroutine less).
+        """
+        retryable = is_transient(error) if idempotent else is_unprocessed(error)
+        if not retryable or self.max_attempts <= 1:
+            raise error
         await asyncio.sleep(self._first_wait_s())
         remaining = self.deadline_s - (time.monotonic() - started)
         if remaining <= 0:
-            raise first_error
+            raise error
         controller = self.retrying(
             idempotent=idempotent, attempts=self.max_attempts - 1, deadline_s=remaining
         )

@@ -38,6 +38,7 @@ class AuditLog:
     def __init__(self, secret: bytes | None = None) -> None:
         self._secret = secret if secret else secrets.token_bytes(32)
         self._logger = logging.getLogger(AUDIT_LOGGER)
+        _load_tracer_provider()
 
     def key_hash(self, key: str) -> str:
         """Return the keyed hash of an object key (hex, 32 characters)."""
@@ -91,19 +92,37 @@ class AuditLog:
 
 
 _TRACERS: dict[int, Any] = {}
+_UNKNOWN = object()
 
 
 def _tracer() -> Any:
-    """Return the router's tracer, or None unless an OpenTelemetry SDK is configured."""
+    """Return the router's tracer, or None unless an OpenTelemetry SDK is configured.
+
+    On the hot path this is one module attribute read: the API keeps the configured provider
+    in ``_TRACER_PROVIDER`` (set once, by ``set_tracer_provider`` or on the first
+    ``get_tracer_provider`` when ``OTEL_PYTHON_TRACER_PROVIDER`` names one, which
+    every :class:`AuditLog` triggers when it is made). Should a later API drop that
+    attribute, the public call is used instead.
+    """
     if _trace is None:
         return None  # type: ignore[unreachable]
-    provider = _trace.get_tracer_provider()
+    provider: Any = getattr(_trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is None:
+        return None
+    if provider is _UNKNOWN:
+        provider = _trace.get_tracer_provider()
     if isinstance(provider, ProxyTracerProvider):
         return None
     tracer = _TRACERS.get(id(provider))
     if tracer is None:
         tracer = _TRACERS[id(provider)] = provider.get_tracer("router")
     return tracer
+
+
+def _load_tracer_provider() -> None:
+    """Let OpenTelemetry load a provider named by ``OTEL_PYTHON_TRACER_PROVIDER`` (at start)."""
+    if _trace is not None:
+        _trace.get_tracer_provider()
 
 
 def _record_span(tracer: Any, event: dict[str, object], latency_ms: float | None) -> None:

@@ -3,6 +3,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -120,3 +123,42 @@ async def test_operations_become_spans_when_opentelemetry_is_configured(
     assert put.start_time is not None
     assert put.end_time >= put.start_time
     assert failed.status.status_code is StatusCode.ERROR
+
+
+TRACING_PROBE = """
+import os, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from router.audit import AuditLog, _tracer
+
+audit = AuditLog(b"k")
+if sys.argv[1] == "set-later":
+    assert not audit.enabled(), "nothing configured yet"
+    trace.set_tracer_provider(TracerProvider())
+print("enabled" if audit.enabled() and _tracer() is not None else "disabled")
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "env"),
+    [
+        ("none", {}),
+        ("env", {"OTEL_PYTHON_TRACER_PROVIDER": "sdk_tracer_provider"}),
+        ("set-later", {}),
+    ],
+)
+def test_tracing_is_noticed_however_the_provider_is_configured(
+    case: str, env: dict[str, str]
+) -> None:
+    # The hot path reads the configured provider without calling into OpenTelemetry; a
+    # provider named in the environment or set after the router started must still count.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run(
+        [sys.executable, "-c", TRACING_PROBE, case],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == ("disabled" if case == "none" else "enabled")

@@ -151,3 +151,17 @@ async def test_write_answered_under_a_foreign_key_is_removed_and_refused(
     methods = [method for method, _ in stub.requests]
     assert methods == ["PUT", "DELETE"]
     assert "versionId=v-foreign" in stub.requests[1][1]
+
+
+async def test_success_from_a_bucket_reporting_another_region_is_refused(
+    key_arn_map: Path,
+) -> None:
+    # Successes take a fast path through the guard; a 200 that names a foreign bucket
+    # region must still be refused rather than read.
+    def foreign(method: str, path: str) -> Reply:
+        return 200, {"x-amz-bucket-region": "us-west-2"}, b"data"
+
+    with stub_server(foreign) as stub:
+        async with ResidencyRouter.from_settings(unverified(key_arn_map, stub.url)) as router:
+            with pytest.raises(ResidencyViolationError, match="bucket reports region us-west-2"):
+                await router.get("org-acme", "a.txt")
