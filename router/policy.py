@@ -79,7 +79,6 @@ def _is_xml_valid(code: int) -> bool:
 
 # Printable ASCII not starting or ending with '/': with no '//', '/./' or '/../' inside
 # it is a valid key. Anything else takes the slow path, which names the problem.
-_PRINTABLE = re.compile(r"[\x20-\x2e\x30-\x7e][\x20-\x7e]*\Z").match
 _ORG_ID_MATCH = re.compile(r"[A-Za-z0-9_-]{1,128}\Z").match
 
 
@@ -94,9 +93,13 @@ def key_problem(key: object) -> str | None:
 
 def is_plain_key(key: str) -> bool:
     """Return True when ``key`` passes the fast path of the key rules (printable ASCII)."""
-    if not _PRINTABLE(key) or key[-1] == "/" or "//" in key:
+    # isascii() and isprintable() together accept exactly U+0020..U+007E, in C.
+    if not (key and key.isascii() and key.isprintable()):
         return False
-    if key[0] != "." and "/." not in key:
+    first = key[0]
+    if first == "/" or key[-1] == "/" or "//" in key:
+        return False
+    if first != "." and "/." not in key:
         return True  # no segment can start with a dot, so none is '.' or '..'
     framed = f"/{key}/"
     return "/./" not in framed and "/../" not in framed

@@ -378,9 +378,19 @@ class ResidencyRouter:
             kept = resolved.kept[cls] = kept_tags(resolved.record, cls)
         return decide_put(resolved.record, resolved.place, cls, key, full_key, kept)
 
+    def _located(
+        self, org_id: str, key: str, data_class: DataClass | str
+    ) -> tuple[StoragePool, Placement, DataClass, str] | None:
+        """Where an object operation goes when the org is cached (no await), else None."""
+        storage = self._open()[0]
+        org, cls, full = _checked_key(org_id, key, data_class)
+        resolved = self._warm(org)
+        return None if resolved is None else (storage, resolved.place, cls, full)
+
     async def _locate(
         self, org_id: str, key: str, data_class: DataClass | str
     ) -> tuple[StoragePool, Placement, DataClass, str]:
+        """Where an object operation goes; callers try :meth:`_located` first."""
         storage = self._open()[0]
         org, cls, full = _checked_key(org_id, key, data_class)
         resolved = self._warm(org) or await self._resolve_org(org)
@@ -407,7 +417,9 @@ class ResidencyRouter:
             RegionUnavailableError: the region failed after retries.
         """
         started = time.perf_counter()
-        storage, place, cls, full = await self._locate(org_id, key, data_class)
+        storage, place, cls, full = self._located(org_id, key, data_class) or await self._locate(
+            org_id, key, data_class
+        )
         try:
             data = await storage.get(place, full)
         except ResidencyError as exc:
@@ -429,7 +441,9 @@ class ResidencyRouter:
             RegionUnavailableError: the region failed, before or during the transfer.
         """
         started = time.perf_counter()
-        storage, place, cls, full = await self._locate(org_id, key, data_class)
+        storage, place, cls, full = self._located(org_id, key, data_class) or await self._locate(
+            org_id, key, data_class
+        )
         chunks = storage.stream(place, full)
         try:
             async for chunk in chunks:
@@ -454,7 +468,9 @@ class ResidencyRouter:
             RegionUnavailableError: the region failed after retries.
         """
         started = time.perf_counter()
-        storage, place, cls, full = await self._locate(org_id, key, data_class)
+        storage, place, cls, full = self._located(org_id, key, data_class) or await self._locate(
+            org_id, key, data_class
+        )
         try:
             found = await storage.head(place, full)
         except ResidencyError as exc:
@@ -474,7 +490,9 @@ class ResidencyRouter:
             RegionUnavailableError: the region failed after retries.
         """
         started = time.perf_counter()
-        storage, place, cls, full = await self._locate(org_id, key, data_class)
+        storage, place, cls, full = self._located(org_id, key, data_class) or await self._locate(
+            org_id, key, data_class
+        )
         try:
             count = await storage.delete_object(place, full)
         except ResidencyError as exc:
