@@ -1,8 +1,15 @@
 """Benchmarks: the router against hand-written aiobotocore, a stub S3 and the moto server.
 
 ``python -m benchmarks`` prints a table and writes ``benchmarks/results/latest.json``.
-Router and raw runs alternate (A B A B ...) so drift hits both alike; ratios are taken
+Router and raw runs alternate (A B, B A, ...) so drift hits both alike; ratios are taken
 pair by pair, and each figure reports the median and the spread over its runs.
+
+On a shared 2-core machine single runs swing by 10% and more (slow spells of a second or
+two hit whichever side is running). So the comparison uses many short pairs rather than a
+few long ones, and takes three steps that treat both sides alike: the benchmark and its
+servers run on separate cores where the machine allows, a collection runs before every
+run, and the objects made during set-up are frozen out of the collector (``gc.freeze``)
+so a full collection of botocore's models does not land on one side's run.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -65,11 +73,13 @@ class Figure:
 
 @contextlib.contextmanager
 def child(args: list[str]) -> Iterator[str]:
-    """Run a server in its own process; yield the first line it prints."""
+    """Run a server in its own process (on its own core when possible); yield its first line."""
     process = subprocess.Popen(
         [sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
+        if SERVER_CPUS:
+            os.sched_setaffinity(process.pid, SERVER_CPUS)
         assert process.stdout is not None
         yield process.stdout.readline().strip()
     finally:
@@ -77,6 +87,19 @@ def child(args: list[str]) -> Iterator[str]:
         process.stdin.close()
         process.kill()
         process.wait(timeout=10)
+
+
+def split_cores() -> tuple[set[int], set[int]]:
+    """Give the benchmark one core and its servers the rest, when there are two or more."""
+    if not hasattr(os, "sched_getaffinity"):
+        return set(), set()
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return set(), set()
+    return {cpus[0]}, set(cpus[1:])
+
+
+BENCH_CPUS, SERVER_CPUS = split_cores()
 
 
 def stub_map(directory: Path) -> Path:
@@ -182,22 +205,25 @@ async def compare(
     label: str,
     router: ResidencyRouter,
     raw: Raw,
-    counts: dict[int, int],
-    rounds: int,
+    plan: dict[int, tuple[int, int]],
     figures: list[Figure],
     targets: dict[int, float],
 ) -> None:
+    """Router against raw for put and get; ``plan`` maps concurrency to (ops per run, pairs)."""
     for op_name in ("put", "get"):
-        for concurrency, count in counts.items():
+        for concurrency, (count, pairs) in plan.items():
             router_op, raw_op = operations(op_name, router, raw)
             await throughput(router_op, min(count, 64), concurrency)  # warm both
             await throughput(raw_op, min(count, 64), concurrency)
             router_runs, raw_runs, ratios = [], [], []
-            for round_ in range(rounds):
+            for pair_ in range(pairs):
                 pair = [("router", router_op), ("raw", raw_op)]
-                if round_ % 2:
+                if pair_ % 2:
                     pair.reverse()  # A B, B A, ...: neither side always goes first
-                measured = {name: await throughput(op, count, concurrency) for name, op in pair}
+                measured = {}
+                for name, op in pair:
+                    gc.collect()  # neither side pays for the other's garbage
+                    measured[name] = await throughput(op, count, concurrency)
                 router_runs.append(measured["router"])
                 raw_runs.append(measured["raw"])
                 ratios.append(measured["router"] / measured["raw"])
@@ -326,6 +352,8 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
+        "benchmark_cpus": sorted(BENCH_CPUS),
+        "server_cpus": sorted(SERVER_CPUS),
         "versions": versions,
     }
 
@@ -344,8 +372,7 @@ async def on_endpoint(
     label: str,
     settings: RouterSettings,
     key_arns: dict[str, str] | None,
-    counts: dict[int, int],
-    rounds: int,
+    plan: dict[int, tuple[int, int]],
     figures: list[Figure],
     targets: dict[int, float],
     extras: Callable[[ResidencyRouter, RegionMap], Awaitable[None]] | None = None,
@@ -358,14 +385,24 @@ async def on_endpoint(
         async with Raw(settings, region_map, arns) as raw:
             for n in range(512):
                 await raw.put(f"bench/{n}", BODY)
-            await compare(label, router, raw, counts, rounds, figures, targets)
+            gc.collect()
+            gc.freeze()  # set-up's objects (botocore's models, clients) leave the collector
+            try:
+                await compare(label, router, raw, plan, figures, targets)
+            finally:
+                gc.unfreeze()
         if extras is not None:
             await extras(router, region_map)
 
 
 async def run(quick: bool) -> list[Figure]:
     figures: list[Figure] = []
-    rounds = 3 if quick else 6
+    # concurrency -> (operations per run, router/raw pairs); about 1.5 minutes at c=64
+    stub_plan = {1: (150, 30), 16: (1000, 12), 64: (500, 48)}
+    moto_plan = {1: (150, 3), 16: (400, 3), 64: (600, 3)}
+    if quick:
+        stub_plan = {c: (count, max(2, pairs // 4)) for c, (count, pairs) in stub_plan.items()}
+        moto_plan = {c: (count, 2) for c, (count, _) in moto_plan.items()}
     with tempfile.TemporaryDirectory() as work, isolated_aws_environment():
         workdir = Path(work)
         regions_file = stub_map(workdir)
@@ -383,8 +420,7 @@ async def run(quick: bool) -> list[Figure]:
                 "stub",
                 settings,
                 {Region.EU: "arn:aws:kms:eu-west-1:123456789012:key/bench"},
-                {1: 600, 16: 3000, 64: 6000},
-                rounds,
+                stub_plan,
                 figures,
                 {1: 0.95, 64: 0.97},
                 stub_extras,
@@ -401,8 +437,7 @@ async def run(quick: bool) -> list[Figure]:
                 "moto",
                 world.settings(),
                 None,
-                {1: 150, 16: 400, 64: 600},
-                max(2, rounds // 2),
+                moto_plan,
                 figures,
                 {},
             )
@@ -411,6 +446,8 @@ async def run(quick: bool) -> list[Figure]:
 
 def main() -> int:
     quick = "--quick" in sys.argv
+    if BENCH_CPUS:
+        os.sched_setaffinity(0, BENCH_CPUS)
     started = time.perf_counter()
     figures = asyncio.run(run(quick))
     host = machine()
