@@ -98,7 +98,6 @@ class RetryPolicy:
         "_base_wait_s",
         "_retry",
         "_retry_unprocessed",
-        "_stop",
         "_wait",
         "deadline_s",
         "max_attempts",
@@ -117,27 +116,10 @@ class RetryPolicy:
         self._base_wait_s = base_wait_s
         self._retry = retry_if_exception(is_transient)
         self._retry_unprocessed = retry_if_exception(is_unprocessed)
-        self._stop = stop_after_attempt(max_attempts) | stop_after_delay(deadline_s)
         # Full-range jitter on top of exponential backoff spreads out retry storms.
         self._wait = wait_exponential_jitter(
             multiplier=base_wait_s, max=max_wait_s, jitter=base_wait_s
         )
-
-    def retrying(
-        self,
-        *,
-        idempotent: bool = True,
-        attempts: int | None = None,
-        deadline_s: float | None = None,
-    ) -> AsyncRetrying:
-        """Return a tenacity controller that retries transient errors and re-raises the last."""
-        retry = self._retry if idempotent else self._retry_unprocessed
-        stop = self._stop
-        if attempts is not None or deadline_s is not None:
-            stop = stop_after_attempt(attempts or self.max_attempts) | stop_after_delay(
-                self.deadline_s if deadline_s is None else deadline_s
-            )
-        return AsyncRetrying(retry=retry, stop=stop, wait=self._wait, reraise=True)
 
     async def call(self, operation: Callable[[], Awaitable[T]], *, idempotent: bool = True) -> T:
         """Run ``operation`` until it succeeds or the budget is spent.
@@ -172,8 +154,11 @@ class RetryPolicy:
         remaining = self.deadline_s - (time.monotonic() - started)
         if remaining <= 0:
             raise error
-        controller = self.retrying(
-            idempotent=idempotent, attempts=self.max_attempts - 1, deadline_s=remaining
+        controller = AsyncRetrying(
+            retry=self._retry if idempotent else self._retry_unprocessed,
+            stop=stop_after_attempt(self.max_attempts - 1) | stop_after_delay(remaining),
+            wait=self._wait,
+            reraise=True,
         )
         async for attempt in controller:
             with attempt:

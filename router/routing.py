@@ -390,11 +390,10 @@ class ResidencyRouter:
     async def _locate(
         self, org_id: str, key: str, data_class: DataClass | str
     ) -> tuple[StoragePool, Placement, DataClass, str]:
-        """Where an object operation goes; callers try :meth:`_located` first."""
+        """The cold path of :meth:`_located`: look the org up in the directory first."""
         storage = self._open()[0]
         org, cls, full = _checked_key(org_id, key, data_class)
-        resolved = self._warm(org) or await self._resolve_org(org)
-        return storage, resolved.place, cls, full
+        return storage, (await self._resolve_org(org)).place, cls, full
 
     def _warm(self, org: OrgId) -> _Resolved | None:
         """The org's derived record when the cache holds it unchanged (no await)."""
@@ -816,8 +815,8 @@ def _checked_key(
 ) -> tuple[OrgId, DataClass, str]:
     """Apply the id, class and key rules before any lookup; return the full S3 key.
 
-    The common case stays on one fast path (one regex per id and key, dictionary hits);
-    anything else falls back to the full validators, which name the problem.
+    The common case stays on one fast path (a set hit or one regex for the id, str methods
+    for the key); anything else falls back to the full validators, which name the problem.
     """
     cls = data_class if data_class.__class__ is DataClass else parse_data_class(data_class)
     full = plain_object_key(org_id, cls, key)

@@ -360,14 +360,11 @@ class StoragePool:
             )
             self._state[cfg.aws_region] = _RegionState()
 
-    def _config(self) -> AioConfig:
-        return client_config(self._settings)
-
     async def __aenter__(self) -> Self:
         session = get_session()
         # botocore reads its JSON data files synchronously; do it off the event loop.
         await asyncio.to_thread(_warm_loader, session)
-        config = self._config()
+        config = client_config(self._settings)
         endpoint = self._settings.endpoint_url
         try:
             for cfg in self._map:
