@@ -36,10 +36,10 @@ from typing import Any
 import yaml
 from aiobotocore.session import get_session
 
+from router._aws import Transport, aio_config
 from router.config import RouterSettings
 from router.regions import RegionMap
 from router.routing import ResidencyRouter
-from router.storage import client_config
 from router.testing import ResidencyWorld, isolated_aws_environment
 from router.types import OrgId, OrgResidency, Region
 
@@ -128,7 +128,7 @@ class Raw:
 
     async def __aenter__(self) -> Raw:
         session = get_session()
-        config = client_config(self._settings)
+        config = aio_config(Transport.from_settings(self._settings))
         for cfg in self._map:
             self._clients[cfg.aws_region] = await self._stack.enter_async_context(
                 session.create_client(
@@ -303,7 +303,7 @@ async def client_reuse(
 ) -> None:
     cfg = region_map.region(Region.EU)
     session = get_session()
-    config = client_config(settings)
+    config = aio_config(Transport.from_settings(settings))
 
     async def naive(n: int) -> None:
         async with session.create_client(

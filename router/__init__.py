@@ -4,6 +4,7 @@ from router.config import RouterSettings
 from router.errors import (
     ConfigError,
     DirectoryUnavailableError,
+    InvalidArgumentError,
     InvalidKeyError,
     ObjectNotFoundError,
     ProcessingNotEligibleError,
@@ -50,6 +51,7 @@ __all__ = [
     "DynamoDBOrgDirectory",
     "ErasureReceipt",
     "Explanation",
+    "InvalidArgumentError",
     "InvalidKeyError",
     "ObjectInfo",
     "ObjectNotFoundError",

@@ -273,7 +273,9 @@ def _render(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     settings = RouterSettings()
     region_map = RegionMap.load(settings.regions_file)
-    checker = DriftChecker(region_map, endpoint_url=settings.endpoint_url, skip=args.skip)
+    checker = DriftChecker(
+        region_map, endpoint_url=settings.endpoint_url, skip=args.skip, proxy_url=settings.proxy_url
+    )
     results = checker.check()
     rows = [[r.region, r.check, "ok" if r.ok else "DRIFT", r.detail] for r in results]
     print(_table(("region", "check", "result", "detail"), rows))
@@ -308,13 +310,20 @@ async def _orgs(args: argparse.Namespace) -> int:
             print(_format_org(await router.directory.lookup(parse_org_id(args.org))))
             return 0
         if args.orgs_command == "list":
+            bad = 0
             if isinstance(directory, DynamoDBOrgDirectory):
-                records = [r async for r in directory.list()]
+                records = []
+                async for found in directory.list():
+                    if isinstance(found, OrgResidency):
+                        records.append(found)
+                    else:
+                        bad += 1
+                        print(f"residency-router: {found}", file=sys.stderr)
             else:
                 records = list(region_map.orgs.values())
             for record in sorted(records, key=lambda r: r.org_id):
                 print(_format_org(record))
-            return 0
+            return 1 if bad else 0
         assert isinstance(directory, DynamoDBOrgDirectory)
         return await _set_org(args, router, directory, region_map)
 
@@ -334,18 +343,22 @@ async def _set_org(
     if region is None:
         print("residency-router: a new org needs --region", file=sys.stderr)
         return 2
-    record = OrgResidency(
-        org_id=org_id,
-        region=region,
-        processing_region=_pin(args.processing_region, current),
-        retention_days=args.retention_days
-        or (current.retention_days if current else region_map.retention.inputs_outputs_days),
-        zero_data_retention=_flag(args.zero_data_retention, current, "zero_data_retention"),
-        training_opt_in=_flag(args.training_opt_in, current, "training_opt_in"),
+    pin = _pin(args.processing_region, current)
+    days = args.retention_days
+    if days is None:
+        days = current.retention_days if current else region_map.retention.inputs_outputs_days
+    record, problems = region_map.org_record(
+        org_id,
+        {
+            "region": region.value,
+            "processing_region": None if pin is None else pin.value,
+            "retention_days": days,
+            "zero_data_retention": _flag(args.zero_data_retention, current, "zero_data_retention"),
+            "training_opt_in": _flag(args.training_opt_in, current, "training_opt_in"),
+        },
     )
-    problems = _org_problems(record, region_map)
-    if problems:
-        print("residency-router: " + "; ".join(problems), file=sys.stderr)
+    if record is None:
+        print("residency-router: " + "; ".join(f"{org_id}{p}" for p in problems), file=sys.stderr)
         return 2
     if current is not None and current.region is not record.region:
         # Checked through the router, in the org's current region: moving stored data
@@ -375,23 +388,6 @@ def _flag(value: bool | None, current: OrgResidency | None, name: str) -> bool:
     if value is not None:
         return value
     return bool(getattr(current, name)) if current is not None else False
-
-
-def _org_problems(record: OrgResidency, region_map: RegionMap) -> list[str]:
-    problems = []
-    if record.region not in region_map.regions:
-        problems.append(f"region {record.region.value} is not in the region map")
-    if record.retention_days not in region_map.retention.allowed_days:
-        problems.append(
-            f"retention_days {record.retention_days} is not one of "
-            f"{list(region_map.retention.allowed_days)}"
-        )
-    pin = record.processing_region
-    if pin is not None:
-        cfg = region_map.regions.get(pin)
-        if cfg is None or cfg.processing_endpoint is None:
-            problems.append(f"processing_region {pin.value} has no processing endpoint")
-    return problems
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,6 +57,8 @@ class RouterSettings(BaseSettings):
     multipart_part_size: Annotated[int, Field(ge=MIN_PART_SIZE, le=5 * 1024 * MiB)] = 8 * MiB
     multipart_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
     audit_hmac_secret: SecretStr | None = None
+    proxy_url: str | None = None
+    """The only proxy the router's clients use (environment proxies are always ignored)."""
 
     @field_validator("endpoint_url")
     @classmethod
@@ -73,6 +75,24 @@ class RouterSettings(BaseSettings):
             )
         if parts.username or parts.password:
             raise ValueError("endpoint_url must not carry credentials")
+        return value.rstrip("/")
+
+    @field_validator("proxy_url")
+    @classmethod
+    def _check_proxy_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        # The value may carry proxy credentials: never repeat it in a message.
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("proxy_url must be an https URL with a host")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ValueError(
+                "proxy_url must use https (plain http only for a loopback proxy): a plain "
+                "http proxy would read every request's headers and body"
+            )
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("proxy_url must name only scheme, host and port")
         return value.rstrip("/")
 
     @field_validator("directory_table")

@@ -1,4 +1,21 @@
-"""The ResidencyError tree: every error the router raises on purpose."""
+"""The ResidencyError tree: every error the router raises on purpose.
+
+::
+
+    ResidencyError                        root; nothing else escapes the router on purpose
+    ├── ConfigError (ValueError)          regions.yaml or settings problem
+    ├── InvalidArgumentError (ValueError) bad caller input; nothing was sent
+    │   └── InvalidKeyError               bad org id or object key; nothing was sent
+    ├── UnknownOrgError                   org not in the directory; nothing was sent
+    ├── DirectoryUnavailableError         directory failed or returned a bad record (retryable)
+    ├── ObjectNotFoundError
+    ├── ProcessingNotEligibleError        endpoint not processable for this org
+    ├── ResidencyViolationError           redirect, foreign region or key, owner mismatch
+    ├── StorageError                      S3/KMS refused for good; carries the AWS code
+    └── RegionUnavailableError            failed after retries (retryable, same region only)
+
+Wrong Python types raise :class:`TypeError`; using a closed router raises ``RuntimeError``.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +38,11 @@ class ConfigError(ResidencyError, ValueError):
         super().__init__(head + ":\n  " + "\n  ".join(self.problems))
 
 
-class InvalidKeyError(ResidencyError, ValueError):
+class InvalidArgumentError(ResidencyError, ValueError):
+    """Fix the argument the message names (metadata, content type, ...); nothing was sent."""
+
+
+class InvalidKeyError(InvalidArgumentError):
     """Fix the org id or object key named in the message; nothing was sent."""
 
 
@@ -49,6 +70,9 @@ class ProcessingNotEligibleError(ResidencyError):
 
 class ResidencyViolationError(ResidencyError):
     """Do not retry anywhere: policy forbids this operation in the region."""
+
+    region_wide: bool = False
+    """True when the region itself answered unsafely (a redirect, another region's bucket)."""
 
 
 class StorageError(ResidencyError):

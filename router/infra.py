@@ -10,9 +10,15 @@ from typing import Any
 
 import boto3
 import yaml
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from router._aws import Transport, boto3_client
+from router.errors import ResidencyError
+from router.guards import (
+    key_state_problem,
+    location_problem,
+    replication_problem,
+)
 from router.hardening import (
     ACCESS_LOG_PREFIX,
     OWNERSHIP,
@@ -334,6 +340,7 @@ class DriftChecker:
         endpoint_url: str | None = None,
         skip: Iterable[str] = (),
         session: boto3.Session | None = None,
+        proxy_url: str | None = None,
     ) -> None:
         self._map = region_map
         self._endpoint_url = endpoint_url
@@ -342,20 +349,11 @@ class DriftChecker:
         if unknown:
             raise ValueError(f"unknown checks to skip: {sorted(unknown)} (known: {list(CHECKS)})")
         self._session = session or boto3.Session()
-        self._config = Config(
-            retries={"total_max_attempts": 3, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=30,
-            s3={"addressing_style": "path"} if endpoint_url else {},
-        )
+        self._transport = Transport(endpoint_url=endpoint_url, proxy_url=proxy_url)
 
     def _client(self, service: str, aws_region: str) -> Any:
-        return self._session.client(
-            service,  # type: ignore[call-overload]
-            region_name=aws_region,
-            endpoint_url=self._endpoint_url,
-            config=self._config,
-        )
+        # From the one factory: no redirects, no AWS_ENDPOINT_URL, no environment proxies.
+        return boto3_client(service, aws_region, self._transport, session=self._session)
 
     def check(self) -> list[CheckResult]:
         """Run every check in every region; one result per region and check."""
@@ -396,7 +394,9 @@ class DriftChecker:
             except ClientError as exc:
                 problem = f"{_error_code(exc)}: {exc.response.get('Error', {}).get('Message', '')}"
             except BotoCoreError as exc:
-                problem = f"unreachable: {exc}"
+                problem = f"unreachable: {type(exc).__name__}"
+            except ResidencyError as exc:
+                problem = f"refused: {exc}"
             results.append(CheckResult(region, name, problem is None, problem or ""))
         return results
 
@@ -405,14 +405,14 @@ class DriftChecker:
     def _key(self, kms: Any, cfg: RegionConfig) -> dict[str, Any] | None:
         try:
             meta: dict[str, Any] = kms.describe_key(KeyId=cfg.kms_key)["KeyMetadata"]
-        except (ClientError, BotoCoreError):
+        except (ClientError, BotoCoreError, ResidencyError):
             return None
         return meta
 
     def _location(self, s3: Any, cfg: RegionConfig) -> str | None:
-        found = s3.get_bucket_location(Bucket=cfg.bucket).get("LocationConstraint") or "us-east-1"
-        found = "eu-west-1" if found == "EU" else found
-        return None if found == cfg.aws_region else f"bucket is in {found}, not {cfg.aws_region}"
+        found = s3.get_bucket_location(Bucket=cfg.bucket).get("LocationConstraint")
+        problem = location_problem(found, cfg.aws_region)
+        return None if problem is None else f"bucket {problem}"
 
     def _encryption(
         self, s3: Any, cfg: RegionConfig, key_arn: str | None, *, key_only: bool
@@ -423,8 +423,10 @@ class DriftChecker:
         )
         if found is None:
             return "no default encryption"
-        rules = found["ServerSideEncryptionConfiguration"]["Rules"]
-        default = rules[0].get("ApplyServerSideEncryptionByDefault", {}) if rules else {}
+        rules = (found.get("ServerSideEncryptionConfiguration") or {}).get("Rules") or []
+        if not rules:
+            return "no default encryption (the configuration has no rules)"
+        default = rules[0].get("ApplyServerSideEncryptionByDefault", {})
         if not key_only:
             if default.get("SSEAlgorithm") != "aws:kms":
                 return f"default encryption is {default.get('SSEAlgorithm')}, not aws:kms"
@@ -444,9 +446,7 @@ class DriftChecker:
         arn = parse_kms_arn(str(meta.get("Arn", "")))
         if arn is None or arn.aws_region != cfg.aws_region:
             return f"key {meta.get('Arn')} is not in {cfg.aws_region}"
-        if meta.get("KeyState") != "Enabled":
-            return f"key state is {meta.get('KeyState')}"
-        return None
+        return key_state_problem(meta)
 
     def _rotation(self, kms: Any, meta: Mapping[str, Any] | None) -> str | None:
         if meta is None:
@@ -457,7 +457,7 @@ class DriftChecker:
     def _single_region(self, meta: Mapping[str, Any] | None) -> str | None:
         if meta is None:
             return "the region's KMS key cannot be described"
-        return "key is multi-region" if meta.get("MultiRegion") else None
+        return "key is multi-region" if meta.get("MultiRegion") else None  # see guards
 
     def _bpa(self, s3: Any, cfg: RegionConfig) -> str | None:
         found = _unless_missing(
@@ -537,5 +537,4 @@ class DriftChecker:
         )
         if found is None:
             return None
-        rules = found["ReplicationConfiguration"].get("Rules", [])
-        return f"replication is configured ({len(rules)} rules): data would leave the region"
+        return replication_problem(found["ReplicationConfiguration"].get("Rules", []))

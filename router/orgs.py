@@ -1,4 +1,4 @@
-"""Org directories: the protocol, a static directory, and the TTL/LRU single-flight cache."""
+"""Org directories: the protocol, static and DynamoDB directories, and the single-flight cache."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from router._aws import Transport, new_aio_session, open_aio_client
+from router._retry import RetryPolicy
+from router.errors import DirectoryUnavailableError, ResidencyError, UnknownOrgError
+from router.regions import RegionMap, org_record
+from router.types import OrgId, OrgResidency, Region
 
-from router.errors import ConfigError, DirectoryUnavailableError, ResidencyError, UnknownOrgError
-from router.regions import RegionMap
-from router.types import PROCESSING_REGIONS, OrgId, OrgResidency, Region, org_id_problem
+RecordCheck = Callable[[object], tuple[OrgResidency | None, list[str]]]
 
 
 @runtime_checkable
@@ -61,6 +62,7 @@ class StaticOrgDirectory:
 class _Entry:
     record: OrgResidency | None  # None: a cached "unknown org"
     expires_at: float
+    derived: Any = None  # what the router derives from the record, computed once
 
 
 class CachedOrgDirectory:
@@ -73,9 +75,12 @@ class CachedOrgDirectory:
       orgs are never held up.
     * Each backend lookup is bounded by ``timeout_s``; a timeout or an unexpected backend
       exception becomes :class:`DirectoryUnavailableError`.
+    * With ``check`` (the router passes its region map's record validator), every record the
+      backend returns is validated; a bad one is :class:`DirectoryUnavailableError`.
     """
 
     __slots__ = (
+        "_check",
         "_clock",
         "_entries",
         "_inflight",
@@ -96,8 +101,10 @@ class CachedOrgDirectory:
         max_orgs: int = 100_000,
         timeout_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        check: RecordCheck | None = None,
     ) -> None:
         self._inner = inner
+        self._check = check
         self._ttl_s = ttl_s
         self._negative_ttl_s = negative_ttl_s
         self._max_orgs = max_orgs
@@ -119,6 +126,19 @@ class CachedOrgDirectory:
         if entry is None or entry.record is None or entry.expires_at <= self._clock():
             return None
         return entry.record
+
+    def derived(self, org_id: str) -> Any:
+        """Return what was derived from a fresh cached record (:meth:`derive`), or None."""
+        entry = self._entries.get(org_id)
+        if entry is None or entry.expires_at <= self._clock():
+            return None
+        return entry.derived
+
+    def derive(self, record: OrgResidency, value: Any) -> None:
+        """Keep ``value`` beside ``record`` while that record is the cached one."""
+        entry = self._entries.get(record.org_id)
+        if entry is not None and entry.record is record:
+            entry.derived = value
 
     async def lookup(self, org_id: OrgId) -> OrgResidency:
         """Return the org's record, from the cache when fresh.
@@ -147,11 +167,6 @@ class CachedOrgDirectory:
         """Drop one org from the cache; its next lookup goes to the backend."""
         self._entries.pop(org_id, None)
         self._inflight.pop(org_id, None)
-
-    def clear(self) -> None:
-        """Drop every cached org."""
-        self._entries.clear()
-        self._inflight.clear()
 
     async def aclose(self) -> None:
         """Cancel lookups still in flight (the inner directory stays open)."""
@@ -183,15 +198,33 @@ class CachedOrgDirectory:
                 raise DirectoryUnavailableError(
                     f"org directory lookup for {org_id!r} failed ({type(exc).__name__})"
                 ) from exc
-            if record.org_id != org_id:
-                raise DirectoryUnavailableError(
-                    f"org directory answered for {record.org_id!r} when asked for {org_id!r}"
-                )
+            record = self._checked(org_id, record)
             self._store(org_id, this, record, self._ttl_s)
             return record
         finally:
             if self._inflight.get(org_id) is this:
                 del self._inflight[org_id]
+
+    def _checked(self, org_id: OrgId, record: object) -> OrgResidency:
+        if not isinstance(record, OrgResidency):
+            raise DirectoryUnavailableError(
+                f"org directory returned {type(record).__name__} for {org_id!r}, "
+                "not an OrgResidency; nothing was sent"
+            )
+        if record.org_id != org_id:
+            raise DirectoryUnavailableError(
+                f"org directory answered for another org when asked for {org_id!r}; "
+                "nothing was sent"
+            )
+        if self._check is None:
+            return record
+        checked, problems = self._check(record)
+        if checked is None:
+            raise DirectoryUnavailableError(
+                f"org directory returned a bad record for {org_id!r}; nothing was sent: "
+                + "; ".join(f"{org_id}{problem}" for problem in problems)
+            )
+        return checked
 
     def _store(
         self,
@@ -215,9 +248,6 @@ def _consume_exception(task: asyncio.Task[OrgResidency]) -> None:
         task.exception()
 
 
-_BOOL_FIELDS = ("zero_data_retention", "training_opt_in")
-
-
 def dynamodb_item(record: OrgResidency) -> dict[str, Any]:
     """Return an org record as a DynamoDB item of ``DynamoDBOrgDirectory``'s schema."""
     item: dict[str, Any] = {
@@ -232,6 +262,40 @@ def dynamodb_item(record: OrgResidency) -> dict[str, Any]:
     return item
 
 
+_ITEM_TYPES = {
+    "region": "S",
+    "processing_region": "S",
+    "retention_days": "N",
+    "zero_data_retention": "BOOL",
+    "training_opt_in": "BOOL",
+}
+
+
+def _item_fields(item: Mapping[str, Any]) -> tuple[dict[str, object], list[str]]:
+    """Turn a DynamoDB item's attributes into plain fields for the record validator."""
+    fields: dict[str, object] = {}
+    problems: list[str] = []
+    for name, value in item.items():
+        if name == "org_id":
+            continue
+        kind = _ITEM_TYPES.get(name)
+        if kind is None:
+            fields[name] = value  # the validator names unknown fields
+            continue
+        if not isinstance(value, Mapping) or set(value) != {kind}:
+            problems.append(f".{name}: must be a DynamoDB {kind}")
+            continue
+        raw = value[kind]
+        if kind == "N":
+            try:
+                fields[name] = int(str(raw), 10)
+            except ValueError:
+                problems.append(f".{name}: {raw!r} is not a whole number")
+        else:
+            fields[name] = raw
+    return fields, problems
+
+
 class DynamoDBOrgDirectory:
     """Org records in a DynamoDB table; an async context manager (aiobotocore).
 
@@ -244,8 +308,10 @@ class DynamoDBOrgDirectory:
         zero_data_retention  BOOL  optional (default false)
         training_opt_in      BOOL  optional (default false)
 
-    Lookups are strongly consistent reads. The router puts its cache (TTL, single-flight) in
-    front, so a changed record reaches running routers within ``cache_ttl_s``.
+    Lookups are strongly consistent reads through a client from the one factory (no
+    redirects, no environment endpoints or proxies). Every item is checked by the one
+    org-record validator (against ``region_map`` when given); a bad item is
+    :class:`DirectoryUnavailableError`. The router puts its cache in front.
     """
 
     def __init__(
@@ -255,30 +321,25 @@ class DynamoDBOrgDirectory:
         aws_region: str,
         endpoint_url: str | None = None,
         timeout_s: float = 2.0,
-        default_retention_days: int = 30,
+        region_map: RegionMap | None = None,
+        proxy_url: str | None = None,
     ) -> None:
         self.table = table
         self.aws_region = aws_region
-        self._endpoint_url = endpoint_url
-        self._timeout_s = timeout_s
-        self._default_retention_days = default_retention_days
+        self._transport = Transport(
+            endpoint_url=endpoint_url,
+            proxy_url=proxy_url,
+            connect_timeout_s=timeout_s,
+            read_timeout_s=timeout_s,
+        )
+        self._retry = RetryPolicy(2, timeout_s)
+        self._map = region_map
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
 
     async def __aenter__(self) -> DynamoDBOrgDirectory:
-        config = AioConfig(
-            connect_timeout=self._timeout_s,
-            read_timeout=self._timeout_s,
-            retries={"total_max_attempts": 2, "mode": "standard"},
-            ignore_configured_endpoint_urls=True,
-        )
         self._client = await self._stack.enter_async_context(
-            get_session().create_client(
-                "dynamodb",
-                region_name=self.aws_region,
-                config=config,
-                endpoint_url=self._endpoint_url,
-            )
+            open_aio_client(new_aio_session(), "dynamodb", self.aws_region, self._transport)
         )
         return self
 
@@ -295,28 +356,43 @@ class DynamoDBOrgDirectory:
             raise RuntimeError("DynamoDBOrgDirectory is not open (use 'async with')")
         return self._client
 
+    async def _call(self, what: str, operation: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        try:
+            try:
+                return await operation()
+            except Exception as exc:
+                return await self._retry.after_first(operation, exc, started)
+        except ResidencyError as exc:
+            raise DirectoryUnavailableError(
+                f"{what} DynamoDB org directory {self.table} in {self.aws_region} was refused: "
+                f"{exc}"
+            ) from exc
+        except Exception as exc:
+            raise DirectoryUnavailableError(
+                f"{what} DynamoDB org directory {self.table} in {self.aws_region} failed "
+                f"({type(exc).__name__})"
+            ) from exc
+
     async def lookup(self, org_id: OrgId) -> OrgResidency:
         """Return the org's record (a strongly consistent read).
 
         Raises:
             UnknownOrgError: no item for the org.
-            ConfigError: the item breaks the schema (the message names the attribute).
-            DirectoryUnavailableError: DynamoDB failed.
+            DirectoryUnavailableError: DynamoDB failed, or the item breaks the schema (the
+                message names the attribute).
         """
         client = self._require()
-        try:
-            response = await client.get_item(
+        response = await self._call(
+            "reading",
+            lambda: client.get_item(
                 TableName=self.table, Key={"org_id": {"S": org_id}}, ConsistentRead=True
-            )
-        except Exception as exc:
-            raise DirectoryUnavailableError(
-                f"DynamoDB org directory {self.table} in {self.aws_region} failed "
-                f"({type(exc).__name__})"
-            ) from exc
+            ),
+        )
         item = response.get("Item")
         if not item:
             raise UnknownOrgError(org_id)
-        return self._record(org_id, item)
+        return self.record(item)
 
     async def put(self, record: OrgResidency) -> None:
         """Write one org's record.
@@ -324,69 +400,63 @@ class DynamoDBOrgDirectory:
         Raises:
             DirectoryUnavailableError: DynamoDB failed.
         """
-        try:
-            await self._require().put_item(TableName=self.table, Item=dynamodb_item(record))
-        except Exception as exc:
-            raise DirectoryUnavailableError(
-                f"writing to DynamoDB org directory {self.table} failed ({type(exc).__name__})"
-            ) from exc
+        client = self._require()
+        await self._call(
+            "writing to", lambda: client.put_item(TableName=self.table, Item=dynamodb_item(record))
+        )
 
-    async def list(self) -> AsyncIterator[OrgResidency]:
-        """Yield every org record (a full scan: for tooling, not for the request path).
+    async def list(self) -> AsyncIterator[OrgResidency | DirectoryUnavailableError]:
+        """Yield every org record, or the error of an item that breaks the schema.
+
+        A full scan, for tooling: a malformed item is yielded as its error so that the rest
+        can still be listed.
 
         Raises:
             DirectoryUnavailableError: DynamoDB failed.
-            ConfigError: an item breaks the schema.
         """
         client = self._require()
         start: dict[str, Any] = {}
         while True:
-            try:
-                page = await client.scan(TableName=self.table, ConsistentRead=True, **start)
-            except Exception as exc:
-                raise DirectoryUnavailableError(
-                    f"scanning DynamoDB org directory {self.table} failed ({type(exc).__name__})"
-                ) from exc
+            page = await self._call(
+                "scanning",
+                lambda start=start: client.scan(  # type: ignore[misc]
+                    TableName=self.table, ConsistentRead=True, **start
+                ),
+            )
             for item in page.get("Items", []):
-                org_id = item.get("org_id", {}).get("S", "")
-                yield self._record(OrgId(org_id), item)
+                try:
+                    yield self.record(item)
+                except DirectoryUnavailableError as exc:
+                    yield exc
             if "LastEvaluatedKey" not in page:
                 return
             start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}
 
-    def _record(self, org_id: OrgId, item: dict[str, Any]) -> OrgResidency:
-        where = f"{self.table}[{org_id}]"
-        if org_id_problem(org_id) is not None:
-            raise ConfigError(f"{where}.org_id: {org_id_problem(org_id)}")
-        try:
-            region = Region(item["region"]["S"])
-        except (KeyError, ValueError, TypeError):
-            raise ConfigError(f"{where}.region: missing or not a residency region") from None
-        processing = None
-        if "processing_region" in item:
-            try:
-                processing = Region(item["processing_region"]["S"])
-            except (KeyError, ValueError, TypeError):
-                raise ConfigError(f"{where}.processing_region: not a residency region") from None
-            if processing not in PROCESSING_REGIONS:
-                raise ConfigError(f"{where}.processing_region: processing pins only to us or eu")
-        days = self._default_retention_days
-        if "retention_days" in item:
-            try:
-                days = int(item["retention_days"]["N"])
-            except (KeyError, ValueError, TypeError):
-                raise ConfigError(f"{where}.retention_days: not a number") from None
-        flags = {}
-        for name in _BOOL_FIELDS:
-            value = item.get(name, {"BOOL": False})
-            if not isinstance(value, dict) or not isinstance(value.get("BOOL"), bool):
-                raise ConfigError(f"{where}.{name}: must be a DynamoDB BOOL")
-            flags[name] = value["BOOL"]
-        return OrgResidency(
-            org_id=org_id,
-            region=region,
-            processing_region=processing,
-            retention_days=days,
-            zero_data_retention=flags["zero_data_retention"],
-            training_opt_in=flags["training_opt_in"],
-        )
+    def record(self, item: Mapping[str, Any]) -> OrgResidency:
+        """Validate one item with the one org-record validator.
+
+        Raises:
+            DirectoryUnavailableError: the item breaks the schema.
+        """
+        raw_id = item.get("org_id")
+        org_id = raw_id.get("S") if isinstance(raw_id, Mapping) else None
+        fields, problems = _item_fields(item)
+        if self._map is not None:
+            record, found = self._map.org_record(org_id, fields)
+        else:
+            record, found = org_record(
+                org_id,
+                fields,
+                configured={region.value for region in Region},
+                regions={},
+                default_days=30,
+                allowed_days=None,
+            )
+        problems += found
+        if problems or record is None:
+            where = f"{self.table}[{org_id}]"
+            raise DirectoryUnavailableError(
+                "bad org record in the DynamoDB directory; nothing was sent: "
+                + "; ".join(f"{where}{problem}" for problem in problems)
+            )
+        return record

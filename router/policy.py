@@ -5,14 +5,23 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Literal, NamedTuple, TypeVar
 from urllib.parse import quote
 
-from router.errors import ConfigError, InvalidKeyError, ProcessingNotEligibleError
+from router.errors import (
+    DirectoryUnavailableError,
+    InvalidArgumentError,
+    InvalidKeyError,
+    ProcessingNotEligibleError,
+    RegionUnavailableError,
+    ResidencyError,
+    ResidencyViolationError,
+    StorageError,
+)
 from router.regions import EndpointRule, RegionMap
 from router.types import (
     KEY_ROOT,
@@ -29,6 +38,7 @@ from router.types import (
     OrgId,
     OrgResidency,
     Placement,
+    Problem,
     ProcessingRoute,
     Region,
     org_id_problem,
@@ -45,10 +55,13 @@ def parse_org_id(value: object) -> OrgId:
     """Validate an org id from a caller.
 
     Raises:
+        TypeError: the id is not a str.
         InvalidKeyError: the id is not 1-128 ASCII letters, digits, '-' or '_'.
     """
     if value.__class__ is str and _ORG_ID_MATCH(value):
         return value  # type: ignore[return-value]
+    if not isinstance(value, str):
+        raise TypeError(f"org id must be a str, got {type(value).__name__}")
     problem = org_id_problem(value) or "org id is not valid"
     raise InvalidKeyError(f"{problem}; nothing was sent")
 
@@ -57,18 +70,121 @@ def parse_data_class(value: object) -> DataClass:
     """Validate a data class from a caller.
 
     Raises:
-        InvalidKeyError: not one of the data classes.
+        TypeError: not a str or DataClass.
+        InvalidArgumentError: not one of the data classes.
     """
     if value.__class__ is DataClass:
         return value
     found = _DATA_CLASS_BY_VALUE.get(value) if value.__class__ is str else None
     if found is not None:
         return found
+    return _parse_enum(DataClass, value, "data class")
+
+
+def parse_operation(value: object) -> Operation:
+    """Validate an operation name from a caller.
+
+    Raises:
+        TypeError: not a str or Operation.
+        InvalidArgumentError: not one of the operations.
+    """
+    return _parse_enum(Operation, value, "operation")
+
+
+def parse_region(value: object) -> Region:
+    """Validate a residency region code from a caller.
+
+    Raises:
+        TypeError: not a str or Region.
+        InvalidArgumentError: not one of the residency regions.
+    """
+    return _parse_enum(Region, value, "residency region")
+
+
+_E = TypeVar("_E", DataClass, Operation, Region)
+
+
+def _parse_enum(kind: type[_E], value: object, what: str) -> _E:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
     try:
-        return DataClass(value if isinstance(value, str) else "")
+        return kind(value)
     except ValueError:
-        allowed = ", ".join(d.value for d in DataClass)
-        raise InvalidKeyError(f"unknown data class {value!r} (one of {allowed})") from None
+        allowed = ", ".join(item.value for item in kind)
+        raise InvalidArgumentError(f"unknown {what} {value!r} (one of {allowed})") from None
+
+
+def parse_now(value: object) -> datetime:
+    """Validate an instant from a caller: an aware datetime, returned in UTC.
+
+    Raises:
+        TypeError: not a datetime (a ``date`` included).
+        InvalidArgumentError: a naive datetime.
+    """
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a timezone-aware datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidArgumentError("the datetime needs a timezone (UTC); nothing was done")
+    return value.astimezone(UTC)
+
+
+MAX_METADATA_BYTES = 2048  # S3's limit on user metadata, names and values together
+MAX_CONTENT_TYPE = 1024
+
+
+def _header_value_problem(value: str) -> str | None:
+    if not value.isascii():
+        return "must be ASCII"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return "must not contain control characters (CR, LF, NUL, ...)"
+    return None
+
+
+def check_content_type(value: object) -> None:
+    """Refuse a content type that cannot travel in an HTTP header.
+
+    Raises:
+        TypeError: not a str (or None).
+        InvalidArgumentError: non-ASCII, control characters, or too long.
+    """
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"content_type must be a str, got {type(value).__name__}")
+    problem = _header_value_problem(value)
+    if problem is None and len(value) > MAX_CONTENT_TYPE:
+        problem = f"must be at most {MAX_CONTENT_TYPE} characters"
+    if problem is not None:
+        raise InvalidArgumentError(f"content_type {problem}; nothing was sent")
+
+
+def check_metadata(metadata: object) -> None:
+    """Refuse metadata S3 would refuse or that cannot travel in HTTP headers.
+
+    Raises:
+        TypeError: not a mapping of str to str.
+        InvalidArgumentError: a bad name or value, or over S3's 2 KiB.
+    """
+    if metadata is None:
+        return
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping of str to str, got {type(metadata).__name__}")
+    size = 0
+    for name, value in metadata.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError("metadata names and values must be str")
+        if not name or not name.isascii() or not all(c.isalnum() or c in "-_" for c in name):
+            raise InvalidArgumentError(
+                f"metadata name {name!r}: use ASCII letters, digits, '-' and '_'; nothing was sent"
+            )
+        problem = _header_value_problem(value)
+        if problem is not None:
+            raise InvalidArgumentError(f"metadata value of {name!r} {problem}; nothing was sent")
+        size += len(name) + len(value)
+    if size > MAX_METADATA_BYTES:
+        raise InvalidArgumentError(
+            f"metadata is {size} bytes; S3 allows {MAX_METADATA_BYTES}; nothing was sent"
+        )
 
 
 def _is_xml_valid(code: int) -> bool:
@@ -191,6 +307,8 @@ def list_prefix(org_id: OrgId, data_class: DataClass, prefix: str) -> str:
     Raises:
         InvalidKeyError: the prefix has characters no key may have.
     """
+    if not isinstance(prefix, str):
+        raise TypeError(f"list prefix must be a str, got {type(prefix).__name__}")
     if prefix:
         problem = key_problem(prefix.rstrip("/") or "x")
         if problem is not None or prefix.startswith("/"):
@@ -214,19 +332,12 @@ def split_object_key(full_key: str) -> tuple[OrgId, DataClass, str] | None:
 
 def placement(
     org: OrgResidency, region_map: RegionMap, key_arns: Mapping[Region, str]
-) -> Placement:
-    """Return where ``org``'s data lives.
-
-    Raises:
-        ConfigError: the org's region is not in the region map.
-    """
+) -> Placement | None:
+    """Return where ``org``'s data lives; None when the map does not configure its region."""
     cfg = region_map.regions.get(org.region)
     arn = key_arns.get(org.region)
     if cfg is None or arn is None:
-        raise ConfigError(
-            f"org {org.org_id} has residency region {org.region.value}, "
-            "which the region map does not configure"
-        )
+        return None
     return Placement(org.org_id, org.region, cfg.aws_region, cfg.bucket, arn)
 
 
@@ -321,6 +432,58 @@ def decide_put(
     )
 
 
+# -- start-up -------------------------------------------------------------------------
+
+VerifyMode = Literal["strict", "quarantine", "off"]
+
+
+@dataclass(frozen=True, slots=True)
+class StartupVerdict:
+    """What start-up does with the regions' verification results.
+
+    ``error`` is the error to raise (None: serve), ``quarantine`` the regions to refuse while
+    the others serve, each with the problem that decided it.
+    """
+
+    error: ResidencyError | None
+    quarantine: Mapping[Region, Problem]
+
+
+def startup_verdict(mode: VerifyMode, checks: Mapping[Region, Sequence[Problem]]) -> StartupVerdict:
+    """Decide start-up from every region's problems (``verify_on_start``).
+
+    ``strict``: any problem aborts; a residency violation wins over everything else, and a
+    region merely unreachable is :class:`RegionUnavailableError` only when nothing else is
+    wrong. ``quarantine`` (and ``off``, whose only checks are key resolutions): each failing
+    region is refused, the others serve.
+    """
+    failing = {region: list(problems) for region, problems in checks.items() if problems}
+    if mode == "strict" and failing:
+        found = [problem for problems in failing.values() for problem in problems]
+        violations = [p.message for p in found if p.kind == "violation"]
+        others = [p.message for p in found if p.kind != "violation"]
+        message = "verify_on_start=strict: " + "; ".join(violations + others)
+        error: ResidencyError
+        if violations:
+            error = ResidencyViolationError(message)
+        elif all(p.kind == "unavailable" for p in found):
+            error = RegionUnavailableError(message)
+        else:
+            error = StorageError(message)
+        return StartupVerdict(error, MappingProxyType({}))
+    return StartupVerdict(
+        None, MappingProxyType({region: worst(problems) for region, problems in failing.items()})
+    )
+
+
+def worst(problems: Sequence[Problem]) -> Problem:
+    """The problem that decides a region's fate: the first violation, else the first."""
+    for problem in problems:
+        if problem.kind == "violation":
+            return problem
+    return problems[0]
+
+
 # -- processing -----------------------------------------------------------------------
 
 
@@ -351,7 +514,8 @@ def decide_processing(
     Raises:
         ProcessingNotEligibleError: the endpoint is not listed, or not regional for a
             pinned org.
-        ConfigError: the chosen region has no processing endpoint.
+        DirectoryUnavailableError: the org's pinned region has no processing endpoint (a
+            record the map does not allow).
     """
     rule = endpoint_rule(region_map, endpoint)
     if org.processing_region is not None:
@@ -374,7 +538,10 @@ def decide_processing(
         )
     cfg = region_map.regions.get(region)
     if cfg is None or cfg.processing_endpoint is None:
-        raise ConfigError(f"regions.{region.value}.processing_endpoint: not configured")
+        raise DirectoryUnavailableError(
+            f"org {org.org_id} pins processing to {region.value}, which has no "
+            "processing_endpoint in the region map; nothing was sent"
+        )
     return ProcessingRoute(region=region, url=cfg.processing_endpoint + rule.path, reason=reason)
 
 
@@ -385,11 +552,11 @@ def expiry_of(org: OrgResidency, region_map: RegionMap, now: datetime) -> dateti
     """Return when inputs/outputs recorded at ``now`` must be gone.
 
     Raises:
-        ConfigError: the org's window is not one of ``retention.allowed_days``.
+        DirectoryUnavailableError: the org's window is not one of ``retention.allowed_days``.
     """
     days = org.retention_days
     if days not in region_map.retention.allowed_days:
-        raise ConfigError(
+        raise DirectoryUnavailableError(
             f"org {org.org_id} has retention_days {days}, which is not one of "
             f"retention.allowed_days {list(region_map.retention.allowed_days)}"
         )
@@ -440,7 +607,7 @@ def decide_exchange(
 
     Raises:
         ProcessingNotEligibleError: the endpoint is not listed.
-        ConfigError: the org's retention window is not allowed.
+        DirectoryUnavailableError: the org's retention window is not allowed.
     """
     rule = endpoint_rule(region_map, endpoint)
     expires_at = expiry_of(org, region_map, now)
@@ -518,7 +685,7 @@ def explain(
     """Return the decision the router would take for one operation, with the rule behind each part.
 
     Raises:
-        InvalidKeyError: ``record_exchange`` or ``route_processing`` without an endpoint.
+        InvalidArgumentError: ``record_exchange`` or ``route_processing`` without an endpoint.
     """
     rules = {
         "placement": (
@@ -532,7 +699,7 @@ def explain(
     expires_at: datetime | None = None
     route: ProcessingRoute | None = None
     if operation in (Operation.RECORD_EXCHANGE, Operation.ROUTE_PROCESSING) and not endpoint:
-        raise InvalidKeyError(f"explaining {operation.value} needs an endpoint")
+        raise InvalidArgumentError(f"explaining {operation.value} needs an endpoint")
     if operation is Operation.PUT:
         cls = data_class or DataClass.FILES
         key = f"{org_prefix(org.org_id, cls)}{_KEY_SHAPE}"

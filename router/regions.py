@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -136,19 +136,11 @@ class _RawRetention(_Strict):
     allowed_days: list[StrictInt] = [1, 7, 30]
 
 
-class _RawOrg(_Strict):
-    region: StrictStr
-    processing_region: StrictStr | None = None
-    retention_days: StrictInt | None = None
-    zero_data_retention: StrictBool = False
-    training_opt_in: StrictBool = False
-
-
 class _RawMap(_Strict):
     regions: dict[StrictStr, _RawRegion]
     processing: _RawProcessing = _RawProcessing()
     retention: _RawRetention = _RawRetention()
-    orgs: dict[StrictStr, _RawOrg] = {}
+    orgs: dict[StrictStr, Any] = {}
 
 
 class RegionMap:
@@ -236,9 +228,23 @@ class RegionMap:
             raise ConfigError(problems)
         return built
 
-    def aws_regions(self) -> list[AwsRegion]:
-        """Return the AWS regions of the map, one per residency region."""
-        return [cfg.aws_region for cfg in self.regions.values()]
+    def org_record(self, org_id: object, fields: object) -> tuple[OrgResidency | None, list[str]]:
+        """Validate one org record against this map (see :func:`org_record`)."""
+        return org_record(
+            org_id,
+            fields,
+            configured={region.value for region in self.regions},
+            regions=self.regions,
+            default_days=self.retention.inputs_outputs_days,
+            allowed_days=self.retention.allowed_days,
+        )
+
+    def check_org(self, record: object) -> tuple[OrgResidency | None, list[str]]:
+        """Validate a record a directory returned; return it normalised, or the problems."""
+        if not isinstance(record, OrgResidency):
+            return None, [f": a directory must return OrgResidency, got {_kind(record)}"]
+        fields = {name: getattr(record, name) for name in ORG_FIELDS}
+        return self.org_record(record.org_id, fields)
 
     def region(self, region: Region) -> RegionConfig:
         """Return one residency region's settings.
@@ -393,7 +399,7 @@ def _build_regions(raw: _RawMap, problems: list[str]) -> dict[Region, RegionConf
 
 
 def _processing_region_problem(
-    value: str, regions: Mapping[Region, RegionConfig], raw: _RawMap
+    value: str, regions: Mapping[Region, RegionConfig], configured: Collection[str]
 ) -> str | None:
     try:
         region = Region(value)
@@ -401,7 +407,7 @@ def _processing_region_problem(
         return f"unknown residency region {value!r}"
     if region not in PROCESSING_REGIONS:
         return f"processing can be pinned only to {' or '.join(sorted(PROCESSING_REGIONS))}"
-    if region.value not in raw.regions:
+    if region.value not in configured:
         return f"region {value} is not in regions"
     cfg = regions.get(region)
     if cfg is not None and cfg.processing_endpoint is None:
@@ -413,7 +419,7 @@ def _build_processing(
     raw: _RawMap, regions: Mapping[Region, RegionConfig], problems: list[str]
 ) -> ProcessingConfig | None:
     section = raw.processing
-    problem = _processing_region_problem(section.default_region, regions, raw)
+    problem = _processing_region_problem(section.default_region, regions, raw.regions.keys())
     if problem is not None:
         problems.append(f"processing.default_region: {problem}")
     endpoints: dict[str, EndpointRule] = {}
@@ -458,38 +464,89 @@ def _build_orgs(
     problems: list[str],
 ) -> dict[str, OrgResidency]:
     orgs: dict[str, OrgResidency] = {}
-    default_days = raw.retention.inputs_outputs_days
     for org_id, entry in raw.orgs.items():
-        path = f"orgs.{org_id}"
-        before = len(problems)
-        if (problem := org_id_problem(org_id)) is not None:
-            problems.append(f"{path}: {problem}")
-        try:
-            region = Region(entry.region)
-        except ValueError:
-            problems.append(f"{path}.region: unknown residency region {entry.region!r}")
-        else:
-            if region.value not in raw.regions:
-                problems.append(f"{path}.region: region {entry.region} is not in regions")
-        if entry.processing_region is not None:
-            problem = _processing_region_problem(entry.processing_region, regions, raw)
-            if problem is not None:
-                problems.append(f"{path}.processing_region: {problem}")
-        days = default_days if entry.retention_days is None else entry.retention_days
-        if retention is not None and days not in retention.allowed_days:
-            problems.append(
-                f"{path}.retention_days: {days} is not one of allowed_days "
-                f"{list(retention.allowed_days)}"
-            )
-        if len(problems) == before:
-            orgs[org_id] = OrgResidency(
-                org_id=OrgId(org_id),
-                region=Region(entry.region),
-                processing_region=(
-                    None if entry.processing_region is None else Region(entry.processing_region)
-                ),
-                retention_days=days,
-                zero_data_retention=entry.zero_data_retention,
-                training_opt_in=entry.training_opt_in,
-            )
+        record, found = org_record(
+            org_id,
+            entry,
+            configured=raw.regions.keys(),
+            regions=regions,
+            default_days=raw.retention.inputs_outputs_days,
+            allowed_days=None if retention is None else retention.allowed_days,
+        )
+        problems.extend(f"orgs.{org_id}{problem}" for problem in found)
+        if record is not None:
+            orgs[org_id] = record
     return orgs
+
+
+ORG_FIELDS = frozenset(
+    {"region", "processing_region", "retention_days", "zero_data_retention", "training_opt_in"}
+)
+
+
+def org_record(
+    org_id: object,
+    fields: object,
+    *,
+    configured: Collection[str],
+    regions: Mapping[Region, RegionConfig],
+    default_days: int,
+    allowed_days: Collection[int] | None,
+) -> tuple[OrgResidency | None, list[str]]:
+    """The one org-record validator: regions.yaml, DynamoDB items, ``orgs set``, any directory.
+
+    ``fields`` maps field names to plain values (``region`` a code such as ``"eu"``, booleans
+    real ``bool``, ``retention_days`` a real ``int``). Every problem is returned at once, each
+    starting with ``.field: `` (or ``: `` for the record as a whole), so callers can prefix
+    their own path.
+    """
+    problems: list[str] = []
+    if (problem := org_id_problem(org_id)) is not None:
+        problems.append(f": {problem}")
+    if not isinstance(fields, Mapping):
+        return None, [*problems, f": expected a mapping of fields, got {_kind(fields)}"]
+    for name in sorted(str(name) for name in fields if name not in ORG_FIELDS):
+        problems.append(f".{name}: unknown field (known: {', '.join(sorted(ORG_FIELDS))})")
+    region = fields.get("region")
+    if not isinstance(region, str) or region not in _REGION_CODES:
+        problems.append(f".region: {region!r} is not a residency region ({_REGION_LIST})")
+    elif region not in configured:
+        problems.append(f".region: region {region} is not in regions")
+    pin = fields.get("processing_region")
+    if pin is not None:
+        if not isinstance(pin, str):
+            problems.append(f".processing_region: expected a region code, got {_kind(pin)}")
+        elif (problem := _processing_region_problem(pin, regions, configured)) is not None:
+            problems.append(f".processing_region: {problem}")
+    days = fields.get("retention_days", default_days)
+    if days is None:
+        days = default_days
+    if not isinstance(days, int) or isinstance(days, bool):
+        problems.append(f".retention_days: expected a whole number of days, got {_kind(days)}")
+    elif allowed_days is not None and days not in allowed_days:
+        problems.append(
+            f".retention_days: {days} is not one of allowed_days {sorted(allowed_days)}"
+        )
+    flags: dict[str, bool] = {}
+    for name in ("zero_data_retention", "training_opt_in"):
+        value = fields.get(name, False)
+        if not isinstance(value, bool):
+            problems.append(f".{name}: expected true or false, got {_kind(value)} {value!r}")
+        flags[name] = value is True
+    if problems:
+        return None, problems
+    return (
+        OrgResidency(
+            org_id=OrgId(str(org_id)),
+            region=Region(str(region)),
+            processing_region=None if pin is None else Region(str(pin)),
+            retention_days=int(days),
+            zero_data_retention=flags["zero_data_retention"],
+            training_opt_in=flags["training_opt_in"],
+        ),
+        [],
+    )
+
+
+_REGION_CODES = frozenset(region.value for region in Region)
+_REGION_LIST = ", ".join(region.value for region in Region)

@@ -9,10 +9,10 @@ from functools import partial
 from types import MappingProxyType
 from typing import TypeVar
 
+from router._s3.bulk import BucketRef, BulkStore
 from router.errors import first_error
 from router.policy import expiry_day_of, is_expired, is_stale_exchange_upload, org_prefix
 from router.regions import RegionConfig, RegionMap
-from router.storage import BucketRef, StoragePool
 from router.types import (
     KEY_ROOT,
     DataClass,
@@ -37,9 +37,7 @@ class RetentionSweeper:
     that have left the directory is purged all the same.
     """
 
-    def __init__(
-        self, storage: StoragePool, region_map: RegionMap, *, concurrency: int = 8
-    ) -> None:
+    def __init__(self, storage: BulkStore, region_map: RegionMap, *, concurrency: int = 8) -> None:
         self._storage = storage
         self._map = region_map
         self._concurrency = concurrency

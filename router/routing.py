@@ -1,56 +1,48 @@
-"""ResidencyRouter: resolve the org, decide with policy, carry it out in the org's region."""
+"""ResidencyRouter: the public facade; each operation is resolve, audit, act."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
-from router.audit import AuditLog, Outcome
+from router import _startup
+from router._resolve import Resolved, checked_key
+from router._s3.clients import RegionClients
+from router._startup import Wiring
+from router.audit import AuditLog
 from router.config import RouterSettings
 from router.errors import (
-    InvalidKeyError,
     ObjectNotFoundError,
-    RegionUnavailableError,
-    ResidencyError,
     ResidencyViolationError,
-    StorageError,
     UnknownOrgError,
     first_error,
 )
-from router.orgs import (
-    CachedOrgDirectory,
-    DynamoDBOrgDirectory,
-    OrgDirectory,
-    StaticOrgDirectory,
-)
+from router.orgs import CachedOrgDirectory, OrgDirectory
 from router.policy import (
-    KeptTags,
     WriteDecision,
+    check_content_type,
+    check_metadata,
     decide_exchange,
     decide_processing,
     decide_put,
     endpoint_rule,
     exchange_document,
-    kept_tags,
     list_prefix,
     object_key,
     parse_data_class,
+    parse_now,
+    parse_operation,
     parse_org_id,
-    placement,
-    plain_object_key,
+    parse_region,
     split_object_key,
 )
 from router.policy import explain as explain_decision
 from router.regions import RegionMap
-from router.retention import RetentionSweeper
-from router.storage import ProblemKind, RegionCheck, StoragePool
 from router.types import (
     TAG_ORG,
     TAG_TRAINING,
@@ -62,7 +54,6 @@ from router.types import (
     ObjectInfo,
     Operation,
     OrgId,
-    OrgResidency,
     Placement,
     ProcessingRoute,
     PurgeReport,
@@ -88,6 +79,10 @@ class ResidencyRouter:
     Make one with :meth:`from_settings` and use it as an async context manager; entering
     loads the region map, makes one client per AWS region, resolves KMS aliases and runs
     ``verify()`` as ``settings.verify_on_start`` says.
+
+    Every public operation emits exactly one audit event (``ok``, ``skipped``, ``refused``,
+    ``error``, or ``partial`` for a stream closed early) and, with OpenTelemetry configured,
+    one span around the whole operation.
     """
 
     def __init__(
@@ -95,19 +90,13 @@ class ResidencyRouter:
         settings: RouterSettings,
         directory: OrgDirectory | None = None,
         *,
-        region_map: RegionMap | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self._settings = settings
         self._clock = clock
         self._given_directory = directory
-        self._map = region_map
         self._stack = AsyncExitStack()
-        self._storage: StoragePool | None = None
-        self._sweeper: RetentionSweeper | None = None
-        self._directory: CachedOrgDirectory | None = None
-        self._key_arns: dict[Region, str] = {}
-        self._resolved: dict[str, _Resolved] = {}
+        self._wiring: Wiring | None = None
         secret = settings.audit_hmac_secret
         self._audit = AuditLog(secret.get_secret_value().encode() if secret else None)
         self._state = "new"
@@ -134,7 +123,7 @@ class ResidencyRouter:
             raise RuntimeError("a ResidencyRouter can be entered only once")
         self._state = "starting"
         try:
-            await self._start()
+            self._wiring = await _startup.start(self._settings, self._given_directory, self._stack)
         except BaseException:
             self._state = "closed"
             await self._stack.aclose()
@@ -155,157 +144,48 @@ class ResidencyRouter:
         if self._state == "closed":
             return
         self._state = "closed"
+        self._wiring = None
         await self._stack.aclose()
 
-    async def _start(self) -> None:
-        settings = self._settings
-        if self._map is None:
-            self._map = await asyncio.to_thread(RegionMap.load, settings.regions_file)
-        region_map = self._map
-        inner = self._given_directory
-        if inner is None and settings.directory_table:
-            default = region_map.processing.default_region
-            aws_region = settings.directory_aws_region or region_map.region(default).aws_region
-            inner = await self._stack.enter_async_context(
-                DynamoDBOrgDirectory(
-                    settings.directory_table,
-                    aws_region=aws_region,
-                    endpoint_url=settings.endpoint_url,
-                    timeout_s=settings.directory_timeout_s,
-                    default_retention_days=region_map.retention.inputs_outputs_days,
-                )
-            )
-        elif inner is None:
-            inner = StaticOrgDirectory.from_region_map(region_map)
-        self._directory = CachedOrgDirectory(
-            inner,
-            ttl_s=settings.cache_ttl_s,
-            negative_ttl_s=settings.negative_cache_ttl_s,
-            max_orgs=settings.cache_max_orgs,
-            timeout_s=settings.directory_timeout_s,
-        )
-        self._stack.push_async_callback(self._directory.aclose)
-        self._storage = await self._stack.enter_async_context(StoragePool(region_map, settings))
-        self._sweeper = RetentionSweeper(self._storage, region_map)
-        await self._verify_on_start()
-
-    async def _verify_on_start(self) -> None:
-        assert self._map is not None
-        assert self._storage is not None
-        mode = self._settings.verify_on_start
-        if mode == "off":
-            await self._resolve_keys_only()
-            return
-        checks = await self._check_all()
-        violations: list[str] = []
-        others: list[str] = []
-        for cfg in self._map:
-            check = checks[cfg.region]
-            # A quarantined region keeps its configured ARN: placement still resolves and
-            # the storage pool refuses its operations.
-            self._key_arns[cfg.region] = check.key_arn or cfg.kms_key
-            for kind, problem in check.problems:
-                (violations if kind == "violation" else others).append(problem)
-            if check.problems and mode == "quarantine":
-                kind, problem = _worst(check)
-                self._storage.quarantine(cfg.aws_region, kind, problem)
-        if mode == "strict" and (violations or others):
-            message = "verify_on_start=strict: " + "; ".join(violations + others)
-            if violations:
-                raise ResidencyViolationError(message)
-            if all(k == "unavailable" for c in checks.values() for k, _ in c.problems):
-                raise RegionUnavailableError(message)
-            raise StorageError(message)
-
-    async def _resolve_keys_only(self) -> None:
-        # Without verification the router still needs full key ARNs (writes name them,
-        # reads compare with them). A region whose alias cannot be resolved is refused.
-        assert self._map is not None
-        assert self._storage is not None
-        storage = self._storage
-        configs = list(self._map)
-        results = await asyncio.gather(
-            *(storage.resolve_key(cfg) for cfg in configs), return_exceptions=True
-        )
-        for cfg, result in zip(configs, results, strict=True):
-            if isinstance(result, str):
-                self._key_arns[cfg.region] = result
-            elif isinstance(result, Exception):
-                self._key_arns[cfg.region] = cfg.kms_key
-                kind: ProblemKind = (
-                    "violation" if isinstance(result, ResidencyViolationError) else "unavailable"
-                )
-                storage.quarantine(cfg.aws_region, kind, f"KMS alias not resolved ({result})")
-            else:
-                raise result
-
-    async def _check_all(self) -> dict[Region, RegionCheck]:
-        assert self._map is not None
-        assert self._storage is not None
-        storage = self._storage
-        configs = list(self._map)
-        results = await asyncio.gather(*(storage.verify_region(cfg) for cfg in configs))
-        return {cfg.region: check for cfg, check in zip(configs, results, strict=True)}
-
-    def _open(self) -> tuple[StoragePool, CachedOrgDirectory, RegionMap]:
-        if self._state != "open":
+    def _open(self) -> Wiring:
+        wiring = self._wiring
+        if wiring is None:
             state = "closed" if self._state == "closed" else "not started (use 'async with')"
             raise RuntimeError(f"this ResidencyRouter is {state}")
-        assert self._storage is not None
-        assert self._directory is not None
-        assert self._map is not None
-        return self._storage, self._directory, self._map
+        return wiring
 
     @property
     def region_map(self) -> RegionMap:
         """The validated region map in use."""
-        self._open()
-        assert self._map is not None
-        return self._map
+        return self._open().region_map
 
     @property
-    def storage(self) -> StoragePool:
-        """The pool of regional clients (for event hooks in tests and tracing)."""
-        return self._open()[0]
+    def storage(self) -> RegionClients:
+        """The regional clients (``register`` botocore event hooks for tests and tracing)."""
+        return self._open().clients
 
     @property
     def directory(self) -> CachedOrgDirectory:
         """The cached org directory in use."""
-        return self._open()[1]
+        return self._open().resolver.directory
 
-    # -- resolution ---------------------------------------------------------------------
+    async def _resolved(self, wiring: Wiring, org: OrgId) -> Resolved:
+        return wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
 
-    async def _org(self, org_id: str) -> tuple[OrgResidency, Placement]:
-        resolved = await self._resolve_org(parse_org_id(org_id))
-        return resolved.record, resolved.place
-
-    async def _resolve_org(self, org: OrgId) -> _Resolved:
-        directory = self._directory
-        if directory is None or self._state != "open":
-            self._open()  # raises the right RuntimeError
-            raise AssertionError("unreachable")  # pragma: no cover
-        record = directory.cached(org)
-        if record is None:
-            record = await directory.lookup(org)
-        resolved = self._resolved.get(org)
-        # The directory hands out one record object per lookup: identity says "unchanged".
-        if resolved is None or resolved.record is not record:
-            assert self._map is not None
-            resolved = _Resolved(record, placement(record, self._map, self._key_arns))
-            if len(self._resolved) >= self._settings.cache_max_orgs:
-                self._resolved.clear()
-            self._resolved[org] = resolved
-        return resolved
+    # -- verification and resolution ----------------------------------------------------
 
     async def verify(self) -> VerifyReport:
         """Check every region now: bucket location and owner, KMS key region and state.
 
-        The report lists problems per region; it does not raise for them.
+        The report lists problems per region; it does not raise for them. A region with a
+        violation or a refusal is quarantined; one that passes is released.
         """
-        self._open()
-        checks = await self._check_all()
-        by_region = {region: [p for _, p in check.problems] for region, check in checks.items()}
-        return VerifyReport(ok=not any(by_region.values()), by_region=MappingProxyType(by_region))
+        wiring = self._open()
+        with self._audit.operation("verify") as op:
+            op.acting()
+            checks = await _startup.check_regions(wiring)
+            _startup.apply_checks(wiring, checks, "verify")
+        return _startup.report(checks)
 
     async def resolve(self, org_id: str) -> Placement:
         """Return where ``org_id``'s data lives.
@@ -313,12 +193,33 @@ class ResidencyRouter:
         Raises:
             InvalidKeyError: the org id is malformed.
             UnknownOrgError: the org is not in the directory.
-            DirectoryUnavailableError: the directory failed; retry later.
-            ConfigError: the org's region is not in the region map.
+            DirectoryUnavailableError: the directory failed or returned a bad record.
         """
-        return (await self._org(org_id))[1]
+        wiring = self._open()
+        with self._audit.operation("resolve", org_id) as op:
+            resolved = await self._resolved(wiring, parse_org_id(org_id))
+            op.at(resolved.place.region.value)
+        return resolved.place
 
     # -- objects ------------------------------------------------------------------------
+
+    async def _plan_put(
+        self,
+        org_id: str,
+        key: str,
+        data_class: DataClass | str,
+        metadata: Mapping[str, str] | None,
+        content_type: str | None = None,
+    ) -> WriteDecision:
+        """The routing decision of one put, everything before I/O (the benchmarked path)."""
+        wiring = self._open()
+        org, cls, full = checked_key(org_id, key, data_class)
+        if metadata is not None:
+            check_metadata(metadata)
+        if content_type is not None:
+            check_content_type(content_type)
+        resolved = await self._resolved(wiring, org)
+        return decide_put(resolved.record, resolved.place, cls, key, full, resolved.tags_for(cls))
 
     async def put(
         self,
@@ -332,22 +233,28 @@ class ResidencyRouter:
     ) -> WriteReceipt:
         """Store ``body`` for ``org_id`` in its residency region under the region's KMS key.
 
-        ``body`` is bytes, or an async iterable of bytes streamed through multipart upload.
+        ``body`` is bytes-like, or an async iterable of bytes streamed through multipart
+        upload (chunks are copied: a producer may reuse its buffer).
 
         Raises:
-            InvalidKeyError: bad org id, key, data class (``inputs_outputs`` included) or body.
+            TypeError: an argument has the wrong Python type (a ``str`` body, say).
+            InvalidKeyError: bad org id or key, or the ``inputs_outputs`` class.
+            InvalidArgumentError: bad data class, content type or metadata.
             UnknownOrgError: the org is not in the directory; nothing was sent.
             DirectoryUnavailableError: the directory failed; nothing was sent.
             ResidencyViolationError: a redirect or a foreign KMS key; nothing kept.
             StorageError: S3 or KMS refused for good.
             RegionUnavailableError: the region failed after retries; retry there later.
         """
-        started = time.perf_counter()
-        storage = self._open()[0]
-        decision = await self._plan_put(org_id, key, data_class, metadata)
-        place, cls = decision.placement, decision.data_class
-        try:
-            result = await storage.put(
+        wiring = self._open()
+        with self._audit.operation("put", org_id) as op:
+            if body.__class__ is not bytes:
+                _check_body(body)
+            decision = await self._plan_put(org_id, key, data_class, metadata, content_type)
+            place = decision.placement
+            op.at(place.region.value, decision.data_class.value, decision.key)
+            op.acting()
+            result = await wiring.objects.put(
                 place,
                 decision.key,
                 body,
@@ -355,53 +262,7 @@ class ResidencyRouter:
                 content_type=content_type,
                 metadata=metadata,
             )
-        except ResidencyError as exc:
-            self._emit("put", place, cls, decision.key, started, exc)
-            raise
-        self._emit("put", place, cls, decision.key, started)
         return _receipt(decision, result.version_id, result.sha256)
-
-    async def _plan_put(
-        self,
-        org_id: str,
-        key: str,
-        data_class: DataClass | str,
-        metadata: Mapping[str, str] | None,
-    ) -> WriteDecision:
-        """The routing decision of one put, everything before I/O (the benchmarked path)."""
-        org, cls, full_key = _checked_key(org_id, key, data_class)
-        if metadata:
-            _check_metadata(metadata)
-        resolved = self._warm(org) or await self._resolve_org(org)
-        kept = resolved.kept.get(cls)
-        if kept is None and cls is not DataClass.INPUTS_OUTPUTS:
-            kept = resolved.kept[cls] = kept_tags(resolved.record, cls)
-        return decide_put(resolved.record, resolved.place, cls, key, full_key, kept)
-
-    def _located(
-        self, org_id: str, key: str, data_class: DataClass | str
-    ) -> tuple[StoragePool, Placement, DataClass, str] | None:
-        """Where an object operation goes when the org is cached (no await), else None."""
-        storage = self._open()[0]
-        org, cls, full = _checked_key(org_id, key, data_class)
-        resolved = self._warm(org)
-        return None if resolved is None else (storage, resolved.place, cls, full)
-
-    async def _locate(
-        self, org_id: str, key: str, data_class: DataClass | str
-    ) -> tuple[StoragePool, Placement, DataClass, str]:
-        """The cold path of :meth:`_located`: look the org up in the directory first."""
-        storage = self._open()[0]
-        org, cls, full = _checked_key(org_id, key, data_class)
-        return storage, (await self._resolve_org(org)).place, cls, full
-
-    def _warm(self, org: OrgId) -> _Resolved | None:
-        """The org's derived record when the cache holds it unchanged (no await)."""
-        resolved = self._resolved.get(org)
-        directory = self._directory
-        if resolved is None or directory is None:
-            return None
-        return resolved if directory.cached(org) is resolved.record else None
 
     async def get(
         self, org_id: str, key: str, *, data_class: DataClass | str = DataClass.FILES
@@ -409,50 +270,59 @@ class ResidencyRouter:
         """Return an object's bytes after checking it is under the region's KMS key.
 
         Raises:
-            InvalidKeyError, UnknownOrgError, DirectoryUnavailableError: as for ``put``.
+            TypeError, InvalidKeyError, InvalidArgumentError, UnknownOrgError,
+            DirectoryUnavailableError: as for ``put``.
             ObjectNotFoundError: no such object.
             ResidencyViolationError: the object is not under the region's key.
             StorageError: S3 refused for good.
             RegionUnavailableError: the region failed after retries.
         """
-        started = time.perf_counter()
-        storage, place, cls, full = self._located(org_id, key, data_class) or await self._locate(
-            org_id, key, data_class
-        )
-        try:
-            data = await storage.get(place, full)
-        except ResidencyError as exc:
-            self._emit("get", place, cls, full, started, exc)
-            raise
-        self._emit("get", place, cls, full, started)
+        wiring = self._open()
+        with self._audit.operation("get", org_id) as op:
+            org, cls, full = checked_key(org_id, key, data_class)
+            resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
+            place = resolved.place
+            op.at(place.region.value, cls.value, full)
+            op.acting()
+            data = await wiring.objects.get(place, full)
+            op.bytes = len(data)
         return data
 
     async def stream(
         self, org_id: str, key: str, *, data_class: DataClass | str = DataClass.FILES
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Yield an object's bytes in chunks (not awaited: ``async for c in router.stream(...)``).
 
+        Closing the iteration early (``break``, an error, a cancelled request) releases the
+        connection and is audited as ``partial`` with the bytes read.
+
         Raises:
-            InvalidKeyError, UnknownOrgError, DirectoryUnavailableError: as for ``put``.
+            TypeError, InvalidKeyError, InvalidArgumentError, UnknownOrgError,
+            DirectoryUnavailableError: as for ``put``.
             ObjectNotFoundError: no such object.
             ResidencyViolationError: the object is not under the region's key.
             StorageError: S3 refused for good.
             RegionUnavailableError: the region failed, before or during the transfer.
         """
-        started = time.perf_counter()
-        storage, place, cls, full = self._located(org_id, key, data_class) or await self._locate(
-            org_id, key, data_class
-        )
-        chunks = storage.stream(place, full)
-        try:
-            async for chunk in chunks:
-                yield chunk
-        except ResidencyError as exc:
-            self._emit("get", place, cls, full, started, exc)
-            raise
-        finally:
-            await chunks.aclose()
-        self._emit("get", place, cls, full, started)
+        wiring = self._open()
+        with self._audit.operation("stream", org_id, current=False) as op:
+            org, cls, full = checked_key(org_id, key, data_class)
+            resolved = await self._resolved(wiring, org)
+            place = resolved.place
+            op.at(place.region.value, cls.value, full)
+            op.acting()
+            op.bytes = 0
+            chunks = wiring.objects.stream(place, full)
+            try:
+                async for chunk in chunks:
+                    op.bytes += len(chunk)
+                    try:
+                        yield chunk
+                    except GeneratorExit:
+                        op.partial()
+                        raise
+            finally:
+                await chunks.aclose()
 
     async def head(
         self, org_id: str, key: str, *, data_class: DataClass | str = DataClass.FILES
@@ -460,22 +330,21 @@ class ResidencyRouter:
         """Return an object's size, version and time after checking its KMS key.
 
         Raises:
-            InvalidKeyError, UnknownOrgError, DirectoryUnavailableError: as for ``put``.
+            TypeError, InvalidKeyError, InvalidArgumentError, UnknownOrgError,
+            DirectoryUnavailableError: as for ``put``.
             ObjectNotFoundError: no such object.
             ResidencyViolationError: the object is not under the region's key.
             StorageError: S3 refused for good.
             RegionUnavailableError: the region failed after retries.
         """
-        started = time.perf_counter()
-        storage, place, cls, full = self._located(org_id, key, data_class) or await self._locate(
-            org_id, key, data_class
-        )
-        try:
-            found = await storage.head(place, full)
-        except ResidencyError as exc:
-            self._emit("head", place, cls, full, started, exc)
-            raise
-        self._emit("head", place, cls, full, started)
+        wiring = self._open()
+        with self._audit.operation("head", org_id) as op:
+            org, cls, full = checked_key(org_id, key, data_class)
+            resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
+            place = resolved.place
+            op.at(place.region.value, cls.value, full)
+            op.acting()
+            found = await wiring.objects.head(place, full)
         return ObjectInfo(place.org_id, cls, key, found.size, found.version_id, found.last_modified)
 
     async def delete(
@@ -484,20 +353,18 @@ class ResidencyRouter:
         """Delete every version and delete marker of one object; deleting again is a no-op.
 
         Raises:
-            InvalidKeyError, UnknownOrgError, DirectoryUnavailableError: as for ``put``.
+            TypeError, InvalidKeyError, InvalidArgumentError, UnknownOrgError,
+            DirectoryUnavailableError: as for ``put``.
             StorageError: S3 refused for good.
             RegionUnavailableError: the region failed after retries.
         """
-        started = time.perf_counter()
-        storage, place, cls, full = self._located(org_id, key, data_class) or await self._locate(
-            org_id, key, data_class
-        )
-        try:
-            count = await storage.delete_object(place, full)
-        except ResidencyError as exc:
-            self._emit("delete", place, cls, full, started, exc)
-            raise
-        self._emit("delete", place, cls, full, started)
+        wiring = self._open()
+        with self._audit.operation("delete", org_id) as op:
+            org, cls, full = checked_key(org_id, key, data_class)
+            place = (await self._resolved(wiring, org)).place
+            op.at(place.region.value, cls.value, full)
+            op.acting()
+            count = await wiring.bulk.delete_object(place, full)
         return DeleteReceipt(place.org_id, place.region, key, count)
 
     async def list(
@@ -506,27 +373,45 @@ class ResidencyRouter:
         *,
         data_class: DataClass | str | None = None,
         prefix: str = "",
-    ) -> AsyncIterator[ObjectInfo]:
+    ) -> AsyncGenerator[ObjectInfo, None]:
         """Yield the org's current objects (one class, or all), named by the caller's keys.
 
         Raises:
-            InvalidKeyError, UnknownOrgError, DirectoryUnavailableError: as for ``put``.
+            TypeError, InvalidKeyError, InvalidArgumentError, UnknownOrgError,
+            DirectoryUnavailableError: as for ``put``.
             StorageError: S3 refused for good.
             RegionUnavailableError: the region failed after retries.
         """
-        storage = self._open()[0]
+        wiring = self._open()
+        with self._audit.operation("list", org_id, current=False) as op:
+            async for info in self._list(wiring, op, org_id, data_class, prefix):
+                try:
+                    yield info
+                except GeneratorExit:
+                    op.partial()
+                    raise
+
+    async def _list(
+        self,
+        wiring: Wiring,
+        op: Any,
+        org_id: str,
+        data_class: DataClass | str | None,
+        prefix: str,
+    ) -> AsyncGenerator[ObjectInfo, None]:
         org = parse_org_id(org_id)
         classes = list(DataClass) if data_class is None else [parse_data_class(data_class)]
         prefixes = [list_prefix(org, cls, prefix) for cls in classes]
-        _, place = await self._org(org)
-        started = time.perf_counter()
-        listed_class = classes[0] if len(classes) == 1 else DataClass.FILES
-        self._emit("list", place, listed_class, None, started)
+        place = (await self._resolved(wiring, org)).place
+        op.at(place.region.value, classes[0].value if len(classes) == 1 else None)
+        op.acting()
+        op.items = 0
         for s3_prefix in prefixes:
-            async for found in storage.list_objects(place, s3_prefix):
+            async for found in wiring.bulk.list_objects(place, s3_prefix):
                 parsed = split_object_key(found.key)
                 if parsed is None or parsed[0] != org:
                     continue  # never surface anything outside orgs/{org_id}/
+                op.items += 1
                 yield ObjectInfo(
                     org, parsed[1], parsed[2], found.size, found.version_id, found.last_modified
                 )
@@ -537,33 +422,16 @@ class ResidencyRouter:
         """Return where a processing call for ``endpoint`` must go; sends no S3 request.
 
         Raises:
-            InvalidKeyError, UnknownOrgError, DirectoryUnavailableError: as for ``put``.
+            TypeError, InvalidKeyError, UnknownOrgError, DirectoryUnavailableError: as for
+                ``put``.
             ProcessingNotEligibleError: the endpoint is not listed, or not regional for an
                 org that pins its processing.
         """
-        started = time.perf_counter()
-        _, _, region_map = self._open()
-        org = parse_org_id(org_id)
-        record, _ = await self._org(org)
-        try:
-            route = decide_processing(record, region_map, endpoint)
-        except ResidencyError as exc:
-            self._audit.emit(
-                "route_processing",
-                org_id=org,
-                region=None,
-                outcome="refused",
-                latency_ms=(time.perf_counter() - started) * 1000.0,
-                error=type(exc).__name__,
-            )
-            raise
-        self._audit.emit(
-            "route_processing",
-            org_id=org,
-            region=route.region.value,
-            outcome="ok",
-            latency_ms=(time.perf_counter() - started) * 1000.0,
-        )
+        wiring = self._open()
+        with self._audit.operation("route_processing", org_id) as op:
+            resolved = await self._resolved(wiring, parse_org_id(org_id))
+            route = decide_processing(resolved.record, wiring.region_map, endpoint)
+            op.at(route.region.value)
         return route
 
     async def record_exchange(
@@ -575,38 +443,39 @@ class ResidencyRouter:
         ``stored=False`` and the reason; nothing at all is sent to S3 for them.
 
         Raises:
-            InvalidKeyError: bad org id, or a body that is not bytes.
+            TypeError: a body that is not bytes-like.
+            InvalidKeyError: bad org id.
             ProcessingNotEligibleError: the endpoint is not listed.
             UnknownOrgError, DirectoryUnavailableError: as for ``put``.
             ResidencyViolationError, StorageError, RegionUnavailableError: as for ``put``.
         """
-        started = time.perf_counter()
-        storage, _, region_map = self._open()
-        org = parse_org_id(org_id)
-        for name, body in (("request", request), ("response", response)):
-            if not isinstance(body, bytes | bytearray | memoryview):
-                raise InvalidKeyError(f"{name} must be bytes, got {type(body).__name__}")
-        endpoint_rule(region_map, endpoint)  # refuse unlisted endpoints before any lookup
-        record, place = await self._org(org)
-        now = self._clock()
-        decision = decide_exchange(record, place, region_map, endpoint, now, uuid.uuid4().hex)
-        cls = DataClass.INPUTS_OUTPUTS
-        if not decision.store:
-            self._emit("record_exchange", place, cls, None, started, outcome="skipped")
-            return _receipt(decision, None, "")
-        document = exchange_document(endpoint, now, bytes(request), bytes(response))
-        try:
-            result = await storage.put(
+        wiring = self._open()
+        with self._audit.operation("record_exchange", org_id) as op:
+            org = parse_org_id(org_id)
+            for name, body in (("request", request), ("response", response)):
+                if not isinstance(body, bytes | bytearray | memoryview):
+                    raise TypeError(f"{name} must be bytes, got {type(body).__name__}")
+            endpoint_rule(wiring.region_map, endpoint)  # unlisted endpoints before any lookup
+            resolved = await self._resolved(wiring, org)
+            now = self._clock()
+            decision = decide_exchange(
+                resolved.record, resolved.place, wiring.region_map, endpoint, now, uuid.uuid4().hex
+            )
+            place = decision.placement
+            op.at(place.region.value, DataClass.INPUTS_OUTPUTS.value)
+            if not decision.store:
+                op.skipped()
+                return _receipt(decision, None, "")
+            op.key = decision.key
+            op.acting()
+            document = exchange_document(endpoint, now, bytes(request), bytes(response))
+            result = await wiring.objects.put(
                 place,
                 decision.key,
                 document,
                 tagging=decision.tagging(),
                 content_type="application/json",
             )
-        except ResidencyError as exc:
-            self._emit("record_exchange", place, cls, decision.key, started, exc)
-            raise
-        self._emit("record_exchange", place, cls, decision.key, started)
         return _receipt(decision, result.version_id, result.sha256)
 
     async def purge_expired(self, *, now: datetime | None = None) -> PurgeReport:
@@ -617,25 +486,17 @@ class ResidencyRouter:
         router's clock and must be timezone-aware.
 
         Raises:
-            InvalidKeyError: ``now`` has no timezone.
+            TypeError: ``now`` is not a datetime.
+            InvalidArgumentError: ``now`` has no timezone.
             ResidencyError: a region failed; every region was attempted first.
         """
-        self._open()
-        assert self._sweeper is not None
-        moment = self._clock() if now is None else now
-        if moment.tzinfo is None:
-            raise InvalidKeyError("purge_expired(now=...) needs a timezone-aware datetime (UTC)")
-        started = time.perf_counter()
-        report = await self._sweeper.purge(moment.astimezone(UTC))
-        for region in report.by_region:
-            self._audit.emit(
-                "purge",
-                org_id="*",
-                region=region.value,
-                data_class=DataClass.INPUTS_OUTPUTS.value,
-                outcome="ok",
-                latency_ms=(time.perf_counter() - started) * 1000.0,
-            )
+        wiring = self._open()
+        with self._audit.operation("purge") as op:
+            moment = parse_now(self._clock() if now is None else now)
+            op.data_class = DataClass.INPUTS_OUTPUTS.value
+            op.acting()
+            report = await wiring.sweeper.purge(moment)
+            op.items = sum(r.versions for r in report.by_region.values())
         return report
 
     async def erase_org(
@@ -651,55 +512,40 @@ class ResidencyRouter:
         directory; for a known org it must agree with the directory. Erasing twice is safe.
 
         Raises:
-            InvalidKeyError: bad org id, data class or region code.
+            TypeError: an argument has the wrong Python type.
+            InvalidKeyError: bad org id.
+            InvalidArgumentError: bad data class or region code.
             UnknownOrgError: the org is not in the directory and no ``region`` was given.
             ResidencyViolationError: ``region`` contradicts the directory.
             DirectoryUnavailableError: the directory failed; nothing was deleted.
             StorageError, RegionUnavailableError: S3 refused or failed.
         """
-        started = time.perf_counter()
-        _, directory, region_map = self._open()
-        assert self._sweeper is not None
-        org = parse_org_id(org_id)
-        cls = None if data_class is None else parse_data_class(data_class)
-        named = _parse_region(region)
-        try:
-            record = await directory.lookup(org)
-        except UnknownOrgError:
-            if named is None:
-                raise
-            target = named
-        else:
-            if named is not None and named is not record.region:
-                raise ResidencyViolationError(
-                    f"erase_org: org {org} lives in {record.region.value}, not {named.value}; "
-                    "nothing was deleted"
-                ) from None
-            target = record.region
-        cfg = region_map.region(target)
-        try:
-            receipt = await self._sweeper.erase(cfg, org, target, cls)
-        except ResidencyError as exc:
-            self._audit.emit(
-                "erase",
-                org_id=org,
-                region=target.value,
-                outcome="error",
-                data_class=None if cls is None else cls.value,
-                error=type(exc).__name__,
-            )
-            raise
-        self._audit.emit(
-            "erase",
-            org_id=org,
-            region=target.value,
-            data_class=None if cls is None else cls.value,
-            outcome="ok",
-            latency_ms=(time.perf_counter() - started) * 1000.0,
-        )
+        wiring = self._open()
+        with self._audit.operation("erase", org_id) as op:
+            org = parse_org_id(org_id)
+            cls = None if data_class is None else parse_data_class(data_class)
+            named = None if region is None else parse_region(region)
+            op.data_class = None if cls is None else cls.value
+            try:
+                record = (await wiring.resolver.resolve(org)).record
+            except UnknownOrgError:
+                if named is None:
+                    raise
+                target = named
+            else:
+                if named is not None and named is not record.region:
+                    raise ResidencyViolationError(
+                        f"erase_org: org {org} lives in {record.region.value}, not "
+                        f"{named.value}; nothing was deleted"
+                    ) from None
+                target = record.region
+            op.region = target.value
+            op.acting()
+            receipt = await wiring.sweeper.erase(wiring.region_map.region(target), org, target, cls)
+            op.items = receipt.versions_deleted
         return receipt
 
-    async def list_training_eligible(self, org_id: str) -> AsyncIterator[ObjectInfo]:
+    async def list_training_eligible(self, org_id: str) -> AsyncGenerator[ObjectInfo, None]:
         """Yield the org's objects that may be used for training.
 
         An object is yielded only if the org is opted in now and the object's own
@@ -707,34 +553,52 @@ class ResidencyRouter:
         object, with bounded concurrency.
 
         Raises:
-            InvalidKeyError, UnknownOrgError, DirectoryUnavailableError: as for ``put``.
+            TypeError, InvalidKeyError, UnknownOrgError, DirectoryUnavailableError: as for
+                ``put``.
             StorageError, RegionUnavailableError: S3 refused or failed.
         """
-        storage = self._open()[0]
-        record, place = await self._org(org_id)
-        if not record.training_opt_in:
-            return
-        limit = asyncio.Semaphore(TAG_READ_CONCURRENCY)
+        wiring = self._open()
+        with self._audit.operation("list_training_eligible", org_id, current=False) as op:
+            resolved = await self._resolved(wiring, parse_org_id(org_id))
+            record, place = resolved.record, resolved.place
+            op.at(place.region.value)
+            op.acting()
+            op.items = 0
+            if not record.training_opt_in:
+                return
+            limit = asyncio.Semaphore(TAG_READ_CONCURRENCY)
 
-        async def eligible(info: ObjectInfo) -> bool:
-            async with limit:
+            async def eligible(info: ObjectInfo) -> bool:
+                async with limit:
+                    try:
+                        tags = await wiring.objects.tags(
+                            place, object_key(info.org_id, info.data_class, info.key)
+                        )
+                    except ObjectNotFoundError:
+                        return False  # deleted since it was listed
+                return (
+                    tags.get(TAG_TRAINING) == TRAINING_OPT_IN and tags.get(TAG_ORG) == record.org_id
+                )
+
+            batch: list[ObjectInfo] = []
+            async for info in self._list(wiring, _Quiet(), record.org_id, None, ""):
+                batch.append(info)
+                if len(batch) >= TAG_READ_CONCURRENCY * 4:
+                    for item in await _filter(batch, eligible):
+                        op.items += 1
+                        try:
+                            yield item
+                        except GeneratorExit:
+                            op.partial()
+                            raise
+                    batch = []
+            for item in await _filter(batch, eligible):
+                op.items += 1
                 try:
-                    tags = await storage.tags(
-                        place, object_key(info.org_id, info.data_class, info.key)
-                    )
-                except ObjectNotFoundError:
-                    return False  # deleted since it was listed
-            return tags.get(TAG_TRAINING) == TRAINING_OPT_IN and tags.get(TAG_ORG) == record.org_id
-
-        batch: list[ObjectInfo] = []
-        async for info in self.list(record.org_id):
-            batch.append(info)
-            if len(batch) >= TAG_READ_CONCURRENCY * 4:
-                for item in await _filter(batch, eligible):
                     yield item
-                batch = []
-        for item in await _filter(batch, eligible):
-            yield item
+                except GeneratorExit:
+                    op.partial()
+                    raise
 
     async def explain(
         self,
@@ -749,81 +613,61 @@ class ResidencyRouter:
         Sends no S3 request (it reads the org directory, through the cache).
 
         Raises:
-            InvalidKeyError: bad org id, operation or data class, or a missing endpoint.
+            TypeError: an argument has the wrong Python type.
+            InvalidKeyError: bad org id.
+            InvalidArgumentError: bad operation or data class, or a missing endpoint.
             UnknownOrgError, DirectoryUnavailableError: as for ``put``.
         """
-        _, _, region_map = self._open()
-        org = parse_org_id(org_id)
-        try:
-            op = Operation(operation)
-        except ValueError:
-            allowed = ", ".join(o.value for o in Operation)
-            raise InvalidKeyError(f"unknown operation {operation!r} (one of {allowed})") from None
-        cls = None if data_class is None else parse_data_class(data_class)
-        record, place = await self._org(org)
-        return explain_decision(record, place, region_map, op, cls, endpoint, self._clock())
+        wiring = self._open()
+        with self._audit.operation("explain", org_id) as op:
+            org = parse_org_id(org_id)
+            op_kind = parse_operation(operation)
+            cls = None if data_class is None else parse_data_class(data_class)
+            resolved = await self._resolved(wiring, org)
+            op.at(resolved.place.region.value, None if cls is None else cls.value)
+            return explain_decision(
+                resolved.record,
+                resolved.place,
+                wiring.region_map,
+                op_kind,
+                cls,
+                endpoint,
+                self._clock(),
+            )
 
     # -- health and cache ---------------------------------------------------------------
 
     def health(self) -> Mapping[Region, RegionHealth]:
         """Return each region's recent health (not awaited)."""
-        storage, _, region_map = self._open()
-        return MappingProxyType({cfg.region: storage.health(cfg.aws_region) for cfg in region_map})
+        wiring = self._open()
+        health = wiring.clients.health
+        return MappingProxyType(
+            {cfg.region: health.health(cfg.aws_region) for cfg in wiring.region_map}
+        )
 
     def invalidate(self, org_id: str) -> None:
         """Drop one org from the cache so its next lookup reads the directory (not awaited)."""
-        _, directory, _ = self._open()
-        directory.invalidate(org_id)
-        self._resolved.pop(org_id, None)
-
-    def _emit(
-        self,
-        operation: str,
-        place: Placement,
-        data_class: DataClass,
-        key: str | None,
-        started: float,
-        error: BaseException | None = None,
-        *,
-        outcome: Outcome = "ok",
-    ) -> None:
-        if not self._audit.enabled(error is not None):
-            return
-        self._audit.emit(
-            operation,
-            org_id=place.org_id,
-            region=place.region.value,
-            data_class=data_class.value,
-            key=key,
-            latency_ms=(time.perf_counter() - started) * 1000.0,
-            outcome=outcome if error is None else "error",
-            error=None if error is None else type(error).__name__,
-        )
+        self._open().resolver.directory.invalidate(org_id)
 
 
-@dataclass(slots=True)
-class _Resolved:
-    """An org's record with what the hot path derives from it, computed once per record."""
+class _Quiet:
+    """An audit stand-in for a listing inside another audited operation."""
 
-    record: OrgResidency
-    place: Placement
-    kept: dict[DataClass, KeptTags] = field(default_factory=dict)
+    items: int | None = None
+
+    def at(self, *_: object) -> None:
+        return None
+
+    def acting(self) -> None:
+        return None
 
 
-def _checked_key(
-    org_id: str, key: str, data_class: DataClass | str
-) -> tuple[OrgId, DataClass, str]:
-    """Apply the id, class and key rules before any lookup; return the full S3 key.
-
-    The common case stays on one fast path (a set hit or one regex for the id, str methods
-    for the key); anything else falls back to the full validators, which name the problem.
-    """
-    cls = data_class if data_class.__class__ is DataClass else parse_data_class(data_class)
-    full = plain_object_key(org_id, cls, key)
-    if full is not None:
-        return OrgId(org_id), cls, full
-    org = parse_org_id(org_id)
-    return org, cls, object_key(org, cls, key)
+def _check_body(body: object) -> None:
+    if isinstance(body, bytes | bytearray | memoryview | AsyncIterable):
+        return
+    raise TypeError(
+        "body must be bytes-like or an async iterable of bytes, got " + type(body).__name__
+    )
 
 
 def _receipt(decision: WriteDecision, version_id: str | None, sha256: str) -> WriteReceipt:
@@ -841,39 +685,6 @@ def _receipt(decision: WriteDecision, version_id: str | None, sha256: str) -> Wr
         stored=decision.store,
         reason=decision.reason,
     )
-
-
-def _worst(check: RegionCheck) -> tuple[ProblemKind, str]:
-    for kind, problem in check.problems:
-        if kind == "violation":
-            return kind, problem
-    return check.problems[0]
-
-
-def _check_metadata(metadata: Mapping[str, str] | None) -> None:
-    if metadata is None:
-        return
-    for name, value in metadata.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise InvalidKeyError("metadata names and values must be strings; nothing was sent")
-        if not name or not name.isascii() or not all(c.isalnum() or c in "-_" for c in name):
-            raise InvalidKeyError(
-                f"metadata name {name!r}: use ASCII letters, digits, '-' and '_'; nothing was sent"
-            )
-        if not value.isascii() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-            raise InvalidKeyError(
-                f"metadata value of {name!r} must be printable ASCII; nothing was sent"
-            )
-
-
-def _parse_region(value: Region | str | None) -> Region | None:
-    if value is None:
-        return None
-    try:
-        return Region(value)
-    except ValueError:
-        allowed = ", ".join(r.value for r in Region)
-        raise InvalidKeyError(f"unknown residency region {value!r} (one of {allowed})") from None
 
 
 async def _filter(

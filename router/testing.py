@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import pytest_asyncio
 import yaml
-from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
+from router._aws import Transport, boto3_client
 from router.config import RouterSettings
 from router.hardening import (
     ACCESS_LOG_PREFIX,
@@ -122,16 +121,18 @@ _CLIENTS: dict[tuple[str, str, str], Any] = {}
 
 
 def local_client(endpoint_url: str, service: str, aws_region: str) -> Any:
-    """Return a boto3 client for a local endpoint with dummy credentials (cached)."""
+    """Return a boto3 client for a local endpoint with dummy credentials (cached).
+
+    It comes from the project's one client factory, like every other client.
+    """
     cache_key = (endpoint_url, service, aws_region)
     cached = _CLIENTS.get(cache_key)
     if cached is None:
-        cached = boto3.client(
-            service,  # type: ignore[call-overload]
-            region_name=aws_region,
-            endpoint_url=endpoint_url,
-            config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
-            **DUMMY_CREDENTIALS,
+        cached = boto3_client(
+            service,
+            aws_region,
+            Transport(endpoint_url=endpoint_url, read_timeout_s=60.0),
+            credentials=DUMMY_CREDENTIALS,
         )
         _CLIENTS[cache_key] = cached
     return cached

@@ -81,6 +81,21 @@ class OrgResidency:
     training_opt_in: bool = False
 
 
+ProblemKind = Literal["violation", "unavailable", "storage"]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a region: how bad (``kind``) and what, with its field path.
+
+    ``violation``: data could leave the region (never served); ``storage``: AWS refuses for
+    good until an operator acts; ``unavailable``: unreachable for now.
+    """
+
+    kind: ProblemKind
+    message: str
+
+
 @dataclass(frozen=True, slots=True)
 class Placement:
     """Where an org's data lives: region, AWS region, bucket and KMS key."""

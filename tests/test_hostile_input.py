@@ -97,6 +97,10 @@ def test_org_ids_are_ascii_word_characters_or_refused(value: Any) -> None:
     try:
         org_id = parse_org_id(value)
     except InvalidKeyError:
+        assert isinstance(value, str)
+        return
+    except TypeError:
+        assert not isinstance(value, str)
         return
     assert isinstance(org_id, str)
     assert 1 <= len(org_id) <= 128

@@ -31,7 +31,7 @@ async def test_cancelled_streams_release_their_connections(
             stream = router.stream("org-acme", "big.bin")
             async for _chunk in stream:
                 break
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
 
         async def cancelled_mid_stream() -> None:
             started = asyncio.Event()

@@ -6,7 +6,12 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from router.errors import ConfigError, InvalidKeyError, ProcessingNotEligibleError
+from router.errors import (
+    DirectoryUnavailableError,
+    InvalidArgumentError,
+    InvalidKeyError,
+    ProcessingNotEligibleError,
+)
 from router.policy import (
     WriteDecision,
     decide_exchange,
@@ -25,8 +30,15 @@ from router.policy import (
     split_object_key,
 )
 from router.regions import RegionMap
-from router.types import DataClass, Operation, OrgId, OrgResidency, Region
+from router.types import DataClass, Operation, OrgId, OrgResidency, Placement, Region
 from tests.conftest import REGIONS_FILE
+
+
+def placed(org: OrgResidency, region_map: RegionMap, arns: dict[Region, str]) -> Placement:
+    found = placement(org, region_map, arns)
+    assert found is not None
+    return found
+
 
 MAP = RegionMap.load(REGIONS_FILE)
 ARNS: dict[Region, str] = {
@@ -53,12 +65,16 @@ def test_parse_org_id_accepts_valid(org_id: str) -> None:
         pytest.param("org acme", id="space"),
         pytest.param("orgé", id="non-ascii"),
         pytest.param("org\x00", id="nul"),
-        pytest.param(42, id="not-str"),
     ],
 )
 def test_parse_org_id_rejects_invalid(org_id: object) -> None:
     with pytest.raises(InvalidKeyError):
         parse_org_id(org_id)
+
+
+def test_parse_org_id_raises_type_error_for_non_str() -> None:
+    with pytest.raises(TypeError, match="org id must be a str"):
+        parse_org_id(42)
 
 
 @pytest.mark.parametrize(
@@ -110,9 +126,16 @@ def test_parse_data_class_accepts(value: str) -> None:
     assert parse_data_class(value) == DataClass(value)
 
 
-@pytest.mark.parametrize("value", ["file", "", None, 3])
-def test_parse_data_class_rejects(value: object) -> None:
-    with pytest.raises(InvalidKeyError, match="data class"):
+@pytest.mark.parametrize("value", ["file", ""])
+def test_parse_data_class_rejects_unknown_names(value: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="data class") as info:
+        parse_data_class(value)
+    assert not isinstance(info.value, InvalidKeyError)  # a data class is not a key
+
+
+@pytest.mark.parametrize("value", [None, 3])
+def test_parse_data_class_raises_type_error_for_non_str(value: object) -> None:
+    with pytest.raises(TypeError, match="data class"):
         parse_data_class(value)
 
 
@@ -128,7 +151,7 @@ def test_parse_data_class_rejects(value: object) -> None:
 def test_placement_is_the_org_region(
     org: OrgResidency, region: str, aws_region: str, bucket: str
 ) -> None:
-    place = placement(org, MAP, ARNS)
+    place = placed(org, MAP, ARNS)
     assert (place.region, place.aws_region, place.bucket) == (region, aws_region, bucket)
     assert place.kms_key_arn == ARNS[Region(region)]
     assert f":{aws_region}:" in place.kms_key_arn
@@ -136,8 +159,7 @@ def test_placement_is_the_org_region(
 
 def test_placement_fails_closed_for_region_missing_from_map() -> None:
     arns: dict[Region, str] = {r: a for r, a in ARNS.items() if r is not Region.KR}
-    with pytest.raises(ConfigError, match="kr"):
-        placement(OrgResidency(OrgId("a"), Region.KR), MAP, arns)
+    assert placement(OrgResidency(OrgId("a"), Region.KR), MAP, arns) is None
 
 
 @pytest.mark.parametrize(
@@ -170,7 +192,7 @@ def test_placement_fails_closed_for_region_missing_from_map() -> None:
 def test_decide_put_tags_and_key(
     org: OrgResidency, data_class: DataClass, tags: dict[str, str]
 ) -> None:
-    place = placement(org, MAP, ARNS)
+    place = placed(org, MAP, ARNS)
     decision = decide_put(org, place, data_class, "d/k.txt")
     assert decision.store is True
     assert decision.key == f"orgs/o/{data_class.value}/d/k.txt"
@@ -183,8 +205,8 @@ def test_decide_put_tags_and_key(
 
 def test_decide_put_refuses_inputs_outputs() -> None:
     org = OrgResidency(OrgId("o"), Region.US)
-    with pytest.raises(InvalidKeyError, match="record_exchange"):
-        decide_put(org, placement(org, MAP, ARNS), DataClass.INPUTS_OUTPUTS, "k")
+    with pytest.raises(InvalidArgumentError, match="record_exchange"):
+        decide_put(org, placed(org, MAP, ARNS), DataClass.INPUTS_OUTPUTS, "k")
 
 
 # -- processing, exchanges, explain ---------------------------------------------------
@@ -257,7 +279,7 @@ def test_decide_processing_refuses(org: OrgResidency, endpoint: object, message:
 
 
 def exchange(org: OrgResidency, endpoint: str) -> WriteDecision:
-    return decide_exchange(org, placement(org, MAP, ARNS), MAP, endpoint, NOW, "abc123")
+    return decide_exchange(org, placed(org, MAP, ARNS), MAP, endpoint, NOW, "abc123")
 
 
 @pytest.mark.parametrize(
@@ -299,7 +321,7 @@ def test_decide_exchange(org: OrgResidency, endpoint: str, store: bool, reason: 
 
 def test_decide_exchange_refuses_window_outside_allowed_days() -> None:
     org = OrgResidency(OrgId("o"), Region.US, retention_days=14)
-    with pytest.raises(ConfigError, match="allowed_days"):
+    with pytest.raises(DirectoryUnavailableError, match="allowed_days"):
         exchange(org, "/v1/chat/completions")
 
 
@@ -409,7 +431,7 @@ def test_explain_describes_each_operation(
     key_start: str | None,
     has_route: bool,
 ) -> None:
-    place = placement(PINNED_EU, MAP, ARNS)
+    place = placed(PINNED_EU, MAP, ARNS)
     result = explain(PINNED_EU, place, MAP, operation, data_class, endpoint, NOW)
     assert result.operation is operation
     assert result.placement == place
@@ -428,7 +450,7 @@ def test_explain_describes_each_operation(
 
 
 def test_explain_names_refusal_for_ineligible_endpoint() -> None:
-    place = placement(PINNED_EU, MAP, ARNS)
+    place = placed(PINNED_EU, MAP, ARNS)
     result = explain(
         PINNED_EU, place, MAP, Operation.ROUTE_PROCESSING, None, "/v1/fine_tuning/jobs", NOW
     )
@@ -440,7 +462,7 @@ def test_explain_zdr_record_is_a_skip() -> None:
     org = OrgResidency(OrgId("z"), Region.JP, zero_data_retention=True)
     result = explain(
         org,
-        placement(org, MAP, ARNS),
+        placed(org, MAP, ARNS),
         MAP,
         Operation.RECORD_EXCHANGE,
         None,

@@ -1,11 +1,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiobotocore.session import get_session
-from botocore.utils import S3RegionRedirectorv2
 
 from router.config import RouterSettings
 from router.errors import RegionUnavailableError, ResidencyViolationError
@@ -53,11 +50,17 @@ async def test_permanent_redirect_raises_and_is_not_resent(key_arn_map: Path) ->
                 await router.put("org-acme", "a.txt", b"secret")
             assert [method for method, _ in stub.requests] == ["PUT"]
             stub.requests.clear()
-            with pytest.raises(ResidencyViolationError):
+            # The region is quarantined with the reason: nothing more is sent there.
+            health = router.health()[Region.EU]
+            assert health.state == "quarantined"
+            assert "us-west-2" in health.reason
+            with pytest.raises(ResidencyViolationError, match="quarantined"):
                 await router.get("org-acme", "a.txt")
-            with pytest.raises(ResidencyViolationError):
+            with pytest.raises(ResidencyViolationError, match="quarantined"):
                 await router.head("org-acme", "a.txt")
-            assert len(stub.requests) == 2
+            assert stub.requests == []
+            # Other regions are untouched by one region's redirect.
+            assert router.health()[Region.US].state == "ok"
 
 
 async def test_permanent_redirect_at_start_aborts_strict_router() -> None:
@@ -168,33 +171,3 @@ async def test_success_from_a_bucket_reporting_another_region_is_refused(
         async with ResidencyRouter.from_settings(unverified(key_arn_map, stub.url)) as router:
             with pytest.raises(ResidencyViolationError, match="bucket reports region us-west-2"):
                 await router.get("org-acme", "a.txt")
-
-
-def redirector_handlers(client: Any) -> list[Any]:
-    """The S3 region redirector's handlers that a GetObject would run on ``client``."""
-    events = client.meta.events
-    found = []
-    for event in (
-        "needs-retry.s3.GetObject",
-        "before-parameter-build.s3.GetObject",
-        "before-endpoint-resolution.s3",
-    ):
-        for handler in events._emitter._handlers.prefix_search(event):
-            if isinstance(getattr(handler, "__self__", None), S3RegionRedirectorv2):
-                found.append(handler)
-    return found
-
-
-async def test_router_clients_carry_no_region_redirector(key_arn_map: Path) -> None:
-    # botocore's redirector would re-send to the region S3 names; the router removes it
-    # (the guard refuses redirects either way). A plain client shows the check can see it.
-    settings = unverified(key_arn_map, "http://127.0.0.1:9")
-    async with get_session().create_client(
-        "s3", region_name="eu-west-1", endpoint_url=settings.endpoint_url
-    ) as plain:
-        assert len(redirector_handlers(plain)) == 3
-    async with ResidencyRouter.from_settings(settings) as router:
-        clients = router._open()[0]._s3
-        assert len(clients) == 7
-        for client in clients.values():
-            assert redirector_handlers(client) == []

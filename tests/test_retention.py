@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from router.errors import (
-    InvalidKeyError,
+    InvalidArgumentError,
     ProcessingNotEligibleError,
     ResidencyViolationError,
     UnknownOrgError,
@@ -201,7 +201,7 @@ async def test_record_exchange_refuses_unlisted_endpoint_and_bad_bodies(
 ) -> None:
     with pytest.raises(ProcessingNotEligibleError):
         await router.record_exchange("org-stars", "/v1/embeddings", request=b"", response=b"")
-    with pytest.raises(InvalidKeyError, match="request must be bytes"):
+    with pytest.raises(TypeError, match="request must be bytes"):
         await router.record_exchange(
             "org-stars",
             "/v1/chat/completions",
@@ -294,7 +294,7 @@ async def test_purge_aborts_stale_inputs_outputs_uploads_only(
 
 
 async def test_purge_refuses_naive_time(router: ResidencyRouter) -> None:
-    with pytest.raises(InvalidKeyError, match="timezone"):
+    with pytest.raises(InvalidArgumentError, match="timezone"):
         await router.purge_expired(now=datetime(2026, 1, 1))
 
 
@@ -356,7 +356,7 @@ async def test_erase_org_refuses_region_contradicting_directory(
     requests_sent.requests.clear()
     with pytest.raises(ResidencyViolationError, match="lives in ca"):
         await router.erase_org("org-lark", region="us")
-    with pytest.raises(InvalidKeyError, match="residency region"):
+    with pytest.raises(InvalidArgumentError, match="residency region"):
         await router.erase_org("org-lark", region="mars")
     assert len(requests_sent) == 0
     assert versions_under(residency_world, "ca", "orgs/org-lark/")
@@ -431,6 +431,6 @@ async def test_explain_sends_no_s3_request(
     )
     assert route.processing_route is not None
     assert route.processing_route.region is Region.EU
-    with pytest.raises(InvalidKeyError, match="operation"):
+    with pytest.raises(InvalidArgumentError, match="operation"):
         await router.explain("org-acme", operation="fly")
     assert len(requests_sent) == 0

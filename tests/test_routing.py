@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from router.errors import (
+    InvalidArgumentError,
     InvalidKeyError,
     ObjectNotFoundError,
     ResidencyViolationError,
@@ -137,7 +138,7 @@ async def test_stream_yields_the_object_and_releases_on_early_exit(
         stream = residency_router.stream("org-acme", "s.bin")
         async for _chunk in stream:
             break
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
     assert await residency_router.get("org-acme", "s.bin") == body
 
 
@@ -223,11 +224,11 @@ async def test_put_refuses_inputs_outputs_and_bad_bodies(
 ) -> None:
     with pytest.raises(InvalidKeyError, match="record_exchange"):
         await residency_router.put("org-acme", "k", b"x", data_class="inputs_outputs")
-    with pytest.raises(InvalidKeyError, match="data class"):
+    with pytest.raises(InvalidArgumentError, match="data class"):
         await residency_router.put("org-acme", "k", b"x", data_class="nope")
-    with pytest.raises(InvalidKeyError, match="body"):
+    with pytest.raises(TypeError, match="body"):
         await residency_router.put("org-acme", "k", "text")  # type: ignore[arg-type]
-    with pytest.raises(InvalidKeyError, match="metadata"):
+    with pytest.raises(InvalidArgumentError, match="metadata"):
         await residency_router.put("org-acme", "k", b"x", metadata={"bad name": "v"})
     assert len(s3_requests) == 0
 

@@ -160,16 +160,14 @@ async def test_cancelled_upload_is_aborted(
     assert residency_world.all_versions("eu") == []
 
 
-async def test_non_bytes_chunk_aborts_with_invalid_key_error(
+async def test_non_bytes_chunk_aborts_with_type_error(
     small_part_router: ResidencyRouter, residency_world: ResidencyWorld
 ) -> None:
-    from router.errors import InvalidKeyError
-
     async def mixed() -> AsyncIterator[Any]:
         yield b"x" * (6 * MiB)
         yield "not bytes"
 
-    with pytest.raises(InvalidKeyError, match="chunks must be bytes"):
+    with pytest.raises(TypeError, match="chunks must be bytes"):
         await small_part_router.put("org-acme", "mixed.bin", mixed())
     s3 = residency_world.s3("eu")
     assert s3.list_multipart_uploads(Bucket=residency_world.bucket("eu")).get("Uploads", []) == []

@@ -1,0 +1,343 @@
+"""The one factory for every AWS client the project makes (aiobotocore and boto3).
+
+Every client made here carries every transport guarantee, whatever the environment and
+``~/.aws/config`` say:
+
+* redirects are never followed: aiohttp is told not to (``allow_redirects=False``) and a
+  ``needs-retry`` guard, first in line on every client, refuses any 3xx and any S3 answer
+  naming another region (:mod:`router.guards` decides); botocore's S3 region redirector is
+  removed;
+* configured endpoint URLs (``AWS_ENDPOINT_URL*``, ``endpoint_url`` in config files) are
+  ignored: only an explicit ``endpoint_url`` is used;
+* environment proxies (``HTTP_PROXY``/``HTTPS_PROXY``) are ignored; a proxy is used only when
+  ``proxy_url`` names one (https, or plain http on loopback);
+* S3 Transfer Acceleration, dual-stack, FIPS endpoints, ARN regions and multi-region access
+  points are pinned off (acceleration enters AWS at edge locations in other countries);
+* TLS 1.2 or newer; botocore's own retries off (:mod:`router._retry` is the one retry
+  layer); connect and read timeouts always set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import aiohttp
+import boto3
+from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
+from aiobotocore.session import AioSession, get_session
+from botocore.config import Config
+from botocore.utils import S3RegionRedirectorv2
+
+from router.config import RouterSettings
+from router.errors import ResidencyViolationError, StorageError
+from router.guards import response_violation, s3_head_probe
+from router.types import AwsRegion
+
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb import DynamoDBClient
+    from types_aiobotocore_kms import KMSClient
+    from types_aiobotocore_s3 import S3Client
+
+Service = Literal["s3", "kms", "dynamodb"]
+ClientFactory = Callable[..., Any]
+
+USER_AGENT = "residency-router"
+BOTO_RETRIES = {"total_max_attempts": 1, "mode": "standard"}
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """How the project's clients reach AWS: the parts of the settings that shape a client."""
+
+    endpoint_url: str | None = None
+    proxy_url: str | None = None
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    max_pool_connections: int = 10
+
+    @classmethod
+    def from_settings(cls, settings: RouterSettings) -> Transport:
+        """Return the transport that ``settings`` describe."""
+        return cls(
+            endpoint_url=settings.endpoint_url,
+            proxy_url=settings.proxy_url,
+            connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.read_timeout_s,
+            max_pool_connections=settings.max_pool_connections,
+        )
+
+
+def _s3_options(transport: Transport) -> dict[str, Any]:
+    # Explicit values win over ~/.aws/config's [s3] section and AWS_S3_* variables.
+    return {
+        "addressing_style": "path" if transport.endpoint_url else "virtual",
+        "use_accelerate_endpoint": False,
+        "use_dualstack_endpoint": False,
+        "use_arn_region": False,
+        "payload_signing_enabled": False,
+        "us_east_1_regional_endpoint": "regional",
+        "s3_disable_multiregion_access_points": True,
+    }
+
+
+def _proxies(transport: Transport) -> dict[str, str]:
+    # An empty mapping (not None) keeps botocore from reading HTTP(S)_PROXY.
+    if transport.proxy_url is None:
+        return {}
+    return {"http": transport.proxy_url, "https": transport.proxy_url}
+
+
+def _config_options(transport: Transport) -> dict[str, Any]:
+    return {
+        "connect_timeout": transport.connect_timeout_s,
+        "read_timeout": transport.read_timeout_s,
+        "max_pool_connections": transport.max_pool_connections,
+        "retries": dict(BOTO_RETRIES),
+        "ignore_configured_endpoint_urls": True,
+        "use_dualstack_endpoint": False,
+        "use_fips_endpoint": False,
+        "proxies": _proxies(transport),
+        "s3": _s3_options(transport),
+        "user_agent_extra": USER_AGENT,
+    }
+
+
+def aio_config(transport: Transport) -> AioConfig:
+    """The AioConfig of every aiobotocore client (benchmarks build raw clients from it too)."""
+    return AioConfig(http_session_cls=NoRedirectAIOHTTPSession, **_config_options(transport))
+
+
+def boto3_config(transport: Transport) -> Config:
+    """The botocore Config of every boto3 client (urllib3 never follows redirects there)."""
+    return Config(**_config_options(transport))
+
+
+class _NoRedirectClientSession:
+    """Wraps aiohttp's session so that no request follows a redirect."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    def request(self, method: str, **kwargs: Any) -> Any:
+        # aiohttp follows any 3xx with a Location header, body and signature included,
+        # before botocore sees the response; a redirect must reach the guard instead.
+        return self._session.request(method, allow_redirects=False, **kwargs)
+
+
+class NoRedirectAIOHTTPSession(AIOHTTPSession):
+    """aiobotocore's aiohttp session that never follows redirects and requires TLS >= 1.2.
+
+    ``_get_session`` and ``_get_ssl_context`` are aiobotocore internals (no public hook
+    exists); ``tests/test_aws.py`` fails if either stops being called.
+    """
+
+    def _get_ssl_context(self) -> ssl.SSLContext:
+        context: ssl.SSLContext = super()._get_ssl_context()  # type: ignore[misc]
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    async def _get_session(self, proxy_url: str | None) -> Any:
+        session = await super()._get_session(proxy_url)  # type: ignore[misc]
+        return _NoRedirectClientSession(session)
+
+
+def _drop_expect_continue(request: Any, **_: Any) -> None:
+    """Send bodies at once instead of waiting for ``100 Continue``.
+
+    aiohttp applies no timeout while it waits for ``100 Continue``: an endpoint that accepts
+    the connection and never answers would hold a PUT forever. Without the header the read
+    timeout covers the wait. SigV4 never signs ``Expect``, so dropping it is safe.
+    """
+    if "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
+def redirect_guard(service: str, aws_region: str, bucket: str | None = None) -> Callable[..., None]:
+    """Return the ``needs-retry`` handler that refuses redirects and foreign regions."""
+    where = f"bucket {bucket} in {aws_region}" if bucket else f"{service} in {aws_region}"
+    is_s3 = service == "s3"
+
+    def guard(response: Any = None, operation: Any = None, **_: Any) -> None:
+        if response is None:
+            return
+        http, parsed = response
+        status = getattr(http, "status_code", None)
+        if not isinstance(parsed, dict):
+            parsed = {}
+        if status is not None and status < 300 and "Error" not in parsed:
+            if not is_s3:
+                return
+            # The common case, a success, costs one header check. (A 200 can still carry an
+            # error: S3 answers a failed CompleteMultipartUpload that way.)
+            headers = parsed.get("ResponseMetadata", {}).get("HTTPHeaders") or {}
+            reported = headers.get("x-amz-bucket-region")
+            if not reported or reported == aws_region:
+                return
+        violation = response_violation(status, parsed, aws_region, is_s3=is_s3)
+        if violation is not None:
+            error = ResidencyViolationError(
+                f"{service} answered {violation} for {where}: "
+                "redirects and region mismatches are refused, never followed"
+            )
+            error.region_wide = True  # the region itself is unsafe: quarantine it
+            raise error
+        name = getattr(operation, "name", "")
+        if is_s3 and s3_head_probe(status, name):
+            # botocore would probe the bucket's region here and re-send elsewhere.
+            raise StorageError(f"S3 refused {name} on {where}", code="400")
+
+    return guard
+
+
+def _remove_region_redirector(client: Any) -> bool:
+    """Unregister botocore's S3 region redirector from ``client``; True when it was there.
+
+    The redirector exists to re-send a request to whatever region S3 names in an error,
+    which residency forbids. It is not what keeps data in place (the guard refuses such
+    answers, and stays first in line); removing it spares every call its three handlers.
+    Finding it relies on botocore's emitter internals (``_emitter._handlers``): if they
+    change, the redirector stays and the guard still stops it; a test notices.
+    """
+    events = client.meta.events
+    try:
+        handlers = getattr(events, "_emitter", events)._handlers.prefix_search(
+            "needs-retry.s3.GetObject"
+        )
+    except AttributeError:
+        return False
+    redirectors = {
+        owner
+        for owner in (getattr(handler, "__self__", None) for handler in handlers)
+        if isinstance(owner, S3RegionRedirectorv2)
+    }
+    for redirector in redirectors:
+        events.unregister("needs-retry.s3", redirector.redirect_from_error)
+        events.unregister("before-parameter-build.s3", redirector.annotate_request_context)
+        events.unregister("before-endpoint-resolution.s3", redirector.redirect_from_cache)
+    return bool(redirectors)
+
+
+def _harden(client: Any, service: str, aws_region: str, bucket: str | None) -> Any:
+    if service == "s3":
+        _remove_region_redirector(client)
+        for operation in ("PutObject", "UploadPart"):  # the bodies botocore marks
+            client.meta.events.register(f"before-send.s3.{operation}", _drop_expect_continue)
+    client.meta.events.register_first(
+        f"needs-retry.{client.meta.service_model.service_id.hyphenize()}",
+        redirect_guard(service, aws_region, bucket),
+    )
+    return client
+
+
+class AioClient:
+    """An open aiobotocore client made by :func:`open_aio_client` (an async context)."""
+
+    __slots__ = ("_bucket", "_context", "_region", "_service")
+
+    def __init__(self, context: Any, service: str, aws_region: str, bucket: str | None) -> None:
+        self._context = context
+        self._service = service
+        self._region = aws_region
+        self._bucket = bucket
+
+    async def __aenter__(self) -> Any:
+        client = await self._context.__aenter__()
+        return _harden(client, self._service, self._region, self._bucket)
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._context.__aexit__(*exc)
+
+
+@overload
+def open_aio_client(
+    session: AioSession,
+    service: Literal["s3"],
+    aws_region: AwsRegion | str,
+    transport: Transport,
+    *,
+    bucket: str | None = None,
+    credentials: dict[str, str] | None = None,
+) -> AioClient: ...
+@overload
+def open_aio_client(
+    session: AioSession,
+    service: Literal["kms", "dynamodb"],
+    aws_region: AwsRegion | str,
+    transport: Transport,
+    *,
+    bucket: str | None = None,
+    credentials: dict[str, str] | None = None,
+) -> AioClient: ...
+def open_aio_client(
+    session: AioSession,
+    service: Service,
+    aws_region: AwsRegion | str,
+    transport: Transport,
+    *,
+    bucket: str | None = None,
+    credentials: dict[str, str] | None = None,
+) -> AioClient:
+    """Return an async context that opens one hardened aiobotocore client.
+
+    ``bucket`` names the one bucket an S3 client serves (its guard names it in errors).
+    """
+    context = session.create_client(  # type: ignore[call-overload]
+        service,
+        region_name=aws_region,
+        config=aio_config(transport),
+        endpoint_url=transport.endpoint_url,
+        **(credentials or {}),
+    )
+    return AioClient(context, service, aws_region, bucket)
+
+
+def new_aio_session() -> AioSession:
+    """Return a fresh aiobotocore session (credentials resolved as botocore does)."""
+    return get_session()
+
+
+async def warm_loader(session: AioSession, services: tuple[str, ...]) -> None:
+    """Read botocore's data files off the event loop (the first client reads them)."""
+    await asyncio.to_thread(_warm_loader, session, services)
+
+
+def _warm_loader(session: AioSession, services: tuple[str, ...]) -> None:
+    loader = session.get_component("data_loader")
+    for service in services:
+        loader.load_service_model(service, "service-2")
+        loader.load_service_model(service, "endpoint-rule-set-1")
+    loader.load_data("endpoints")
+    loader.load_data("partitions")
+    loader.load_data("sdk-default-configuration")
+
+
+def boto3_client(
+    service: str,
+    aws_region: str,
+    transport: Transport,
+    *,
+    session: boto3.Session | None = None,
+    credentials: dict[str, str] | None = None,
+) -> Any:
+    """Return one hardened boto3 client (CLI, drift check, local provisioner)."""
+    client = (session or boto3.Session()).client(
+        service,  # type: ignore[call-overload]
+        region_name=aws_region,
+        endpoint_url=transport.endpoint_url,
+        config=boto3_config(transport),
+        **(credentials or {}),
+    )
+    return _harden(client, service, aws_region, None)
+
+
+if TYPE_CHECKING:
+    AnyS3Client = S3Client
+    AnyKMSClient = KMSClient
+    AnyDynamoDBClient = DynamoDBClient

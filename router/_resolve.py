@@ -1,0 +1,111 @@
+"""Org resolution, warm and cold: the only hot-path module, with one cache (the directory's).
+
+A warm resolution is a dict lookup and a clock read, no await: the cached record and what
+the router derives from it (placement, tags) sit in one cache entry, so they expire and are
+invalidated together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from router.errors import DirectoryUnavailableError
+from router.orgs import CachedOrgDirectory
+from router.policy import (
+    KeptTags,
+    kept_tags,
+    object_key,
+    parse_data_class,
+    parse_org_id,
+    placement,
+    plain_object_key,
+)
+from router.regions import RegionMap
+from router.types import DataClass, OrgId, OrgResidency, Placement, Region
+
+
+@dataclass(slots=True)
+class Resolved:
+    """An org's record with what the hot path derives from it, computed once per record."""
+
+    record: OrgResidency
+    place: Placement
+    kept: dict[DataClass, KeptTags] = field(default_factory=dict)
+
+    def tags_for(self, data_class: DataClass) -> KeptTags | None:
+        """The precomputed tags of a kept data class (None for inputs/outputs)."""
+        kept = self.kept.get(data_class)
+        if kept is None and data_class is not DataClass.INPUTS_OUTPUTS:
+            kept = self.kept[data_class] = kept_tags(self.record, data_class)
+        return kept
+
+
+class Resolver:
+    """Turns org ids into :class:`Resolved` records through the cached directory."""
+
+    __slots__ = ("_directory", "_key_arns", "_map")
+
+    def __init__(
+        self, directory: CachedOrgDirectory, region_map: RegionMap, key_arns: Mapping[Region, str]
+    ) -> None:
+        self._directory = directory
+        self._map = region_map
+        self._key_arns = key_arns
+
+    @property
+    def directory(self) -> CachedOrgDirectory:
+        """The cached directory behind this resolver."""
+        return self._directory
+
+    def warm(self, org: str) -> Resolved | None:
+        """The org's resolved record when the cache holds it (no await), else None."""
+        resolved = self._directory.derived(org)
+        return resolved if resolved.__class__ is Resolved else None
+
+    async def resolve(self, org: OrgId) -> Resolved:
+        """Resolve through the directory (cache first).
+
+        Raises:
+            UnknownOrgError: the org is not in the directory.
+            DirectoryUnavailableError: the directory failed, or its record names a region
+                the map does not configure; nothing was sent.
+        """
+        resolved = self.warm(org)
+        if resolved is not None:
+            return resolved
+        record = await self._directory.lookup(org)
+        resolved = self.warm(org)
+        if resolved is not None and resolved.record is record:
+            return resolved
+        place = placement(record, self._map, self._key_arns)
+        if place is None:
+            raise DirectoryUnavailableError(
+                f"org directory places org {org} in region {record.region.value}, which the "
+                "region map does not configure; nothing was sent"
+            )
+        resolved = Resolved(record, place)
+        self._directory.derive(record, resolved)
+        return resolved
+
+
+def checked_key(org_id: object, key: object, data_class: object) -> tuple[OrgId, DataClass, str]:
+    """Apply the id, class and key rules before any lookup; return the full S3 key.
+
+    The common case stays on one fast path (a set hit or one regex for the id, str methods
+    for the key); anything else falls back to the full validators, which name the problem.
+
+    Raises:
+        TypeError: an argument has the wrong Python type.
+        InvalidKeyError: the org id or key breaks a rule.
+        InvalidArgumentError: the data class is unknown.
+    """
+    cls = data_class if data_class.__class__ is DataClass else parse_data_class(data_class)
+    if org_id.__class__ is str and key.__class__ is str:
+        full = plain_object_key(org_id, cls, key)
+        if full is not None:
+            return OrgId(org_id), cls, full
+    org = parse_org_id(org_id)
+    if not isinstance(key, str):
+        raise TypeError(f"object key must be a str, got {type(key).__name__}")
+    return org, cls, object_key(org, cls, key)

@@ -1,0 +1,234 @@
+"""Bulk operations in one bucket: listings (objects, versions, prefixes, uploads) and deletions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
+from functools import partial
+from typing import Any, Protocol
+
+from router._s3.clients import RegionClients
+from router._s3.objects import StoredObject
+from router.errors import ObjectNotFoundError, StorageError
+from router.types import AwsRegion
+
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
+
+
+class BucketRef(Protocol):
+    """Anything that names one bucket in one AWS region (a Placement, a RegionConfig)."""
+
+    @property
+    def aws_region(self) -> AwsRegion:
+        """The bucket's AWS region."""
+        ...
+
+    @property
+    def bucket(self) -> str:
+        """The bucket's name."""
+        ...
+
+
+# Each listing call: (method name, the markers of the next page taken from a page).
+_PAGING: dict[str, Callable[[Mapping[str, Any]], dict[str, str]]] = {
+    "list_objects_v2": lambda page: {"ContinuationToken": page.get("NextContinuationToken", "")},
+    "list_object_versions": lambda page: {
+        "KeyMarker": page.get("NextKeyMarker", ""),
+        **(
+            {"VersionIdMarker": page["NextVersionIdMarker"]}
+            if page.get("NextVersionIdMarker")
+            else {}
+        ),
+    },
+    "list_multipart_uploads": lambda page: {
+        "KeyMarker": page.get("NextKeyMarker", ""),
+        "UploadIdMarker": page.get("NextUploadIdMarker", ""),
+    },
+}
+
+
+class BulkStore:
+    """Listings and deletions over many objects, a page at a time (memory stays flat)."""
+
+    __slots__ = ("_clients",)
+
+    def __init__(self, clients: RegionClients) -> None:
+        self._clients = clients
+
+    async def _pages(
+        self, ref: BucketRef, method: str, what: str, **args: Any
+    ) -> AsyncIterator[Mapping[str, Any]]:
+        """The one pagination helper: yield every page of a listing call."""
+        clients = self._clients
+        call = getattr(clients.s3(ref.aws_region), method)
+        next_markers = _PAGING[method]
+        fixed = {"Bucket": ref.bucket, **args, **clients.owner[ref.aws_region]}
+        markers: dict[str, str] = {}
+        while True:
+            page: Mapping[str, Any] = await clients.run(
+                ref.aws_region,
+                f"{what} in bucket {ref.bucket}",
+                partial(call, **fixed, **markers),
+            )
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            markers = next_markers(page)
+            if not any(markers.values()):
+                return
+
+    async def list_objects(self, ref: BucketRef, prefix: str) -> AsyncIterator[StoredObject]:
+        """Yield the current objects under ``prefix``.
+
+        Raises:
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        async for page in self._pages(ref, "list_objects_v2", "listing", Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield StoredObject(item["Key"], int(item["Size"]), None, item["LastModified"])
+
+    async def list_versions(
+        self, ref: BucketRef, prefix: str
+    ) -> AsyncIterator[tuple[str, str | None, bool]]:
+        """Yield (key, version id, is delete marker) for every version under ``prefix``.
+
+        Raises:
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        async for page in self._pages(
+            ref, "list_object_versions", "listing versions", Prefix=prefix
+        ):
+            for item in page.get("Versions", []):
+                yield item["Key"], item.get("VersionId"), False
+            for item in page.get("DeleteMarkers", []):
+                yield item["Key"], item.get("VersionId"), True
+
+    async def list_prefixes(self, ref: BucketRef, prefix: str) -> AsyncIterator[str]:
+        """Yield the next-level ``/`` prefixes under ``prefix`` that hold any version.
+
+        Version listings are used so that a prefix whose objects are all delete-marked is
+        still found.
+
+        Raises:
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        async for page in self._pages(
+            ref, "list_object_versions", "listing versions", Prefix=prefix, Delimiter="/"
+        ):
+            for item in page.get("CommonPrefixes", []):
+                yield item["Prefix"]
+
+    async def delete_versions(self, ref: BucketRef, targets: list[tuple[str, str | None]]) -> int:
+        """Delete the given (key, version id) pairs, 1000 a request; return how many went.
+
+        Raises:
+            StorageError: S3 refused any of them.
+            RegionUnavailableError: the region failed after retries.
+        """
+        clients = self._clients
+        client = clients.s3(ref.aws_region)
+        owner = clients.owner[ref.aws_region]
+        deleted = 0
+        for start in range(0, len(targets), DELETE_BATCH):
+            batch = [
+                {"Key": key, **({"VersionId": version} if version else {})}
+                for key, version in targets[start : start + DELETE_BATCH]
+            ]
+            response = await clients.run(
+                ref.aws_region,
+                f"deleting from bucket {ref.bucket}",
+                lambda batch=batch: client.delete_objects(  # type: ignore[misc]
+                    Bucket=ref.bucket, Delete={"Objects": batch, "Quiet": True}, **owner
+                ),
+            )
+            errors = response.get("Errors", [])
+            if errors:
+                raise StorageError(
+                    f"S3 kept {len(errors)} versions in bucket {ref.bucket}",
+                    code=str(errors[0].get("Code", "")),
+                )
+            deleted += len(batch)
+        return deleted
+
+    async def delete_object(self, ref: BucketRef, key: str) -> int:
+        """Delete every version and delete marker of one key; return how many went.
+
+        Raises:
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        targets = [
+            (found, version)
+            async for found, version, _ in self.list_versions(ref, key)
+            if found == key
+        ]
+        return await self.delete_versions(ref, targets)
+
+    async def delete_prefix(self, ref: BucketRef, prefix: str) -> tuple[int, int]:
+        """Delete every version and delete marker under ``prefix``, in batches while listing.
+
+        Returns:
+            (distinct keys, versions and delete markers) deleted.
+
+        Raises:
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        keys: set[str] = set()
+        versions = 0
+        batch: list[tuple[str, str | None]] = []
+        async for key, version, _ in self.list_versions(ref, prefix):
+            keys.add(key)
+            batch.append((key, version))
+            if len(batch) == DELETE_BATCH:
+                versions += await self.delete_versions(ref, batch)
+                batch = []
+        if batch:
+            versions += await self.delete_versions(ref, batch)
+        return len(keys), versions
+
+    async def abort_uploads(
+        self,
+        ref: BucketRef,
+        prefix: str,
+        *,
+        select: Callable[[str, datetime | None], bool] | None = None,
+    ) -> int:
+        """Abort multipart uploads under ``prefix`` (those ``select(key, initiated)`` picks).
+
+        Raises:
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        targets: list[tuple[str, str]] = []
+        async for page in self._pages(
+            ref, "list_multipart_uploads", "listing multipart uploads", Prefix=prefix
+        ):
+            for upload in page.get("Uploads", []):
+                key, initiated = upload["Key"], upload.get("Initiated")
+                if select is None or select(key, initiated):
+                    targets.append((key, upload["UploadId"]))
+        clients = self._clients
+        client = clients.s3(ref.aws_region)
+        owner = clients.owner[ref.aws_region]
+        aborted = 0
+        for key, upload_id in targets:
+            try:
+                await clients.run(
+                    ref.aws_region,
+                    f"aborting a multipart upload in bucket {ref.bucket}",
+                    lambda key=key, upload_id=upload_id: client.abort_multipart_upload(  # type: ignore[misc]
+                        Bucket=ref.bucket, Key=key, UploadId=upload_id, **owner
+                    ),
+                )
+            except ObjectNotFoundError:
+                continue
+            except StorageError as exc:
+                if exc.code != "NoSuchUpload":
+                    raise
+                continue  # finished or aborted meanwhile: idempotent
+            aborted += 1
+        return aborted

@@ -1,0 +1,129 @@
+"""Regional clients: one S3 and one KMS client per AWS region, and the one way to call them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from router._aws import Transport, new_aio_session, open_aio_client, warm_loader
+from router._retry import RetryPolicy
+from router._s3.errors import S3Errors
+from router._s3.health import HealthBook
+from router.config import RouterSettings
+from router.regions import RegionMap
+from router.types import AwsRegion
+
+if TYPE_CHECKING:
+    from types_aiobotocore_kms import KMSClient
+    from types_aiobotocore_s3 import S3Client
+
+T = TypeVar("T")
+
+
+class RegionClients:
+    """One S3 and one KMS client per AWS region of the map, made on entry and reused.
+
+    Every call goes through :meth:`run`: the health book admits it, the retry policy repeats
+    it in the same region only, and :class:`~router._s3.errors.S3Errors` translates failures.
+    """
+
+    def __init__(self, region_map: RegionMap, settings: RouterSettings) -> None:
+        self._map = region_map
+        self._transport = Transport.from_settings(settings)
+        self._retry = RetryPolicy(settings.retry_max_attempts, settings.retry_deadline_s)
+        self._stack = AsyncExitStack()
+        self._s3: dict[AwsRegion, S3Client] = {}
+        self._kms: dict[AwsRegion, KMSClient] = {}
+        self.owner: dict[AwsRegion, dict[str, Any]] = {
+            cfg.aws_region: ({"ExpectedBucketOwner": cfg.account_id} if cfg.account_id else {})
+            for cfg in region_map
+        }
+        """Per region: ``ExpectedBucketOwner`` when the map names the account."""
+        self.health = HealthBook(cfg.aws_region for cfg in region_map)
+
+    async def __aenter__(self) -> Self:
+        session = new_aio_session()
+        # botocore reads its JSON data files synchronously; do it off the event loop.
+        await warm_loader(session, ("s3", "kms"))
+        transport = self._transport
+        try:
+            for cfg in self._map:
+                self._s3[cfg.aws_region] = await self._stack.enter_async_context(
+                    open_aio_client(session, "s3", cfg.aws_region, transport, bucket=cfg.bucket)
+                )
+                self._kms[cfg.aws_region] = await self._stack.enter_async_context(
+                    open_aio_client(session, "kms", cfg.aws_region, transport)
+                )
+                # Making a client is a few ms of CPU and never yields: let others run
+                # between regions instead of holding the loop for all of them.
+                await asyncio.sleep(0)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every client."""
+        self._s3.clear()
+        self._kms.clear()
+        await self._stack.aclose()
+
+    def register(self, event_name: str, handler: Callable[..., Any]) -> None:
+        """Register a botocore event handler on every S3 client (tests, tracing)."""
+        for client in self._s3.values():
+            client.meta.events.register(event_name, handler)
+
+    def s3(self, aws_region: AwsRegion) -> S3Client:
+        """Return the region's S3 client once the health book admits the region.
+
+        Raises:
+            ResidencyViolationError, StorageError, RegionUnavailableError: quarantined.
+        """
+        client = self._s3.get(aws_region)
+        if client is None:
+            raise RuntimeError("the router is closed or has no client for this region")
+        self.health.admit(aws_region)
+        return client
+
+    def s3_unchecked(self, aws_region: AwsRegion) -> S3Client:
+        """Return the region's S3 client even while quarantined (verification only)."""
+        client = self._s3.get(aws_region)
+        if client is None:
+            raise RuntimeError("the router is closed or has no client for this region")
+        return client
+
+    def kms(self, aws_region: AwsRegion) -> KMSClient:
+        """Return the region's KMS client (verification: no admission check)."""
+        client = self._kms.get(aws_region)
+        if client is None:
+            raise RuntimeError("the router is closed or has no client for this region")
+        return client
+
+    async def run(
+        self,
+        aws_region: AwsRegion,
+        what: str,
+        operation: Callable[[], Awaitable[T]],
+        *,
+        idempotent: bool = True,
+    ) -> T:
+        """Run one S3/KMS call with retries in this region; translate failures.
+
+        A non-idempotent call is repeated only when the failure proves AWS did not act.
+
+        Raises:
+            ObjectNotFoundError, StorageError, RegionUnavailableError,
+            ResidencyViolationError: see :class:`~router._s3.errors.S3Errors`.
+        """
+        started = time.monotonic()
+        with S3Errors(self.health, aws_region, what):
+            try:  # the first attempt inline: the calls that succeed at once pay no more
+                return await operation()
+            except Exception as exc:
+                return await self._retry.after_first(operation, exc, started, idempotent=idempotent)

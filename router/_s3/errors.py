@@ -1,0 +1,142 @@
+"""Error translation at the S3/KMS boundary: botocore and aiohttp failures become residency errors.
+
+One context manager, in the shape of httpx's exception mapping: everything the clients raise
+inside it leaves as a :class:`~router.errors.ResidencyError`, and the outcome is written in the
+region's health book on the way (a region answers for its own failures, never for the
+caller's mistakes).
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import aiohttp
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from router._retry import error_code, is_transient
+from router._s3.health import HealthBook
+from router.errors import (
+    InvalidArgumentError,
+    ObjectNotFoundError,
+    RegionUnavailableError,
+    ResidencyError,
+    ResidencyViolationError,
+    StorageError,
+)
+from router.types import AwsRegion
+
+NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchVersion"})
+"""Codes that mean "no such object": the region answered as it should."""
+
+REGION_BROKEN = frozenset(
+    {
+        "NoSuchBucket",
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "KMS.DisabledException",
+        "KMS.KMSInvalidStateException",
+        "KMS.NotFoundException",
+        "DisabledException",
+        "KMSInvalidStateException",
+    }
+)
+"""Codes that say the region cannot serve anyone until an operator acts: quarantined."""
+
+CALLER_CODES = frozenset(
+    {
+        "InvalidArgument",
+        "InvalidRequest",
+        "InvalidDigest",
+        "BadDigest",
+        "EntityTooLarge",
+        "EntityTooSmall",
+        "InvalidPart",
+        "InvalidPartOrder",
+        "KeyTooLongError",
+        "MetadataTooLarge",
+        "InvalidTag",
+        "MalformedXML",
+        "InvalidRange",
+        "NoSuchUpload",
+    }
+)
+"""Codes about one request's content: they never count against the region."""
+
+
+class S3Errors:
+    """``with S3Errors(health, region, what):`` maps what the block raises (httpx's shape).
+
+    * residency errors pass through (a redirect or foreign region quarantines the region);
+    * ``ClientError``: transient codes become :class:`RegionUnavailableError`, missing objects
+      :class:`ObjectNotFoundError`, everything else :class:`StorageError` with the AWS code;
+      codes in :data:`REGION_BROKEN` also quarantine the region;
+    * transport failures become :class:`RegionUnavailableError`.
+
+    Messages name the region, bucket and operation (``what``), never object keys or URLs.
+    """
+
+    __slots__ = ("_health", "_region", "_what")
+
+    def __init__(self, health: HealthBook, aws_region: AwsRegion, what: str) -> None:
+        self._health = health
+        self._region = aws_region
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        region = self._region
+        if exc is None:
+            self._health.success(region)
+            return
+        if not isinstance(exc, Exception):
+            return  # cancellation and exits pass through untouched
+        translated = self._translate(exc)
+        if translated is not exc:
+            raise translated from exc
+
+    def _translate(self, exc: Exception) -> BaseException:
+        region, what, health = self._region, self._what, self._health
+        if isinstance(exc, ResidencyViolationError):
+            if exc.region_wide:
+                health.quarantine(region, "violation", str(exc))
+            return exc
+        if isinstance(exc, ResidencyError):
+            return exc
+        if isinstance(exc, ClientError):
+            code = error_code(exc)
+            if is_transient(exc):
+                health.failure(region)
+                return RegionUnavailableError(
+                    f"{what} in {region} failed after retries ({code}); "
+                    "retry later in the same region"
+                )
+            if code in NOT_FOUND:
+                health.success(region)
+                return ObjectNotFoundError(f"{what}: no such object in {region}")
+            if code in REGION_BROKEN:
+                health.quarantine(region, "storage", f"{what} refused ({code})")
+            return StorageError(f"{what} refused in {region}", code=code)
+        if isinstance(exc, NoCredentialsError):
+            return StorageError(
+                f"{what} in {region}: no AWS credentials were found; configure them",
+                code="NoCredentialsError",
+            )
+        if isinstance(exc, BotoCoreError | aiohttp.ClientError | OSError | TimeoutError):
+            health.failure(region)
+            return RegionUnavailableError(
+                f"{what} in {region} failed after retries ({type(exc).__name__}); "
+                "retry later in the same region"
+            )
+        if isinstance(exc, ValueError):
+            # aiohttp and botocore refuse malformed headers with ValueError before sending:
+            # the caller's input, not the region.
+            return InvalidArgumentError(f"{what}: the request was refused before sending")
+        return exc

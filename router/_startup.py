@@ -1,0 +1,155 @@
+"""Wiring: directory, cache, regional clients and the start-up verdict that policy decides."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from router._resolve import Resolver
+from router._s3.bulk import BulkStore
+from router._s3.clients import RegionClients
+from router._s3.objects import ObjectStore
+from router._s3.verify import RegionCheck, resolve_key, verify_region
+from router.config import RouterSettings
+from router.errors import ResidencyViolationError
+from router.orgs import CachedOrgDirectory, DynamoDBOrgDirectory, OrgDirectory, StaticOrgDirectory
+from router.policy import startup_verdict
+from router.regions import RegionMap
+from router.retention import RetentionSweeper
+from router.types import Problem, ProblemKind, Region, VerifyReport
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """Everything a running router uses, made and verified by :func:`start`."""
+
+    region_map: RegionMap
+    clients: RegionClients
+    objects: ObjectStore
+    bulk: BulkStore
+    resolver: Resolver
+    sweeper: RetentionSweeper
+
+
+async def start(
+    settings: RouterSettings, given: OrgDirectory | None, stack: AsyncExitStack
+) -> Wiring:
+    """Load the map, open the directory and clients, resolve keys and verify the regions.
+
+    Everything opened is pushed on ``stack``; the caller closes it (also on failure).
+
+    Raises:
+        ConfigError: regions.yaml is invalid.
+        ResidencyViolationError, StorageError, RegionUnavailableError: verification failed
+            and ``verify_on_start`` is ``strict``.
+    """
+    region_map = await asyncio.to_thread(RegionMap.load, settings.regions_file)
+    inner = given
+    if inner is None and settings.directory_table:
+        default = region_map.processing.default_region
+        aws_region = settings.directory_aws_region or region_map.region(default).aws_region
+        inner = await stack.enter_async_context(
+            DynamoDBOrgDirectory(
+                settings.directory_table,
+                aws_region=aws_region,
+                endpoint_url=settings.endpoint_url,
+                timeout_s=settings.directory_timeout_s,
+                region_map=region_map,
+                proxy_url=settings.proxy_url,
+            )
+        )
+    elif inner is None:
+        inner = StaticOrgDirectory.from_region_map(region_map)
+    directory = CachedOrgDirectory(
+        inner,
+        ttl_s=settings.cache_ttl_s,
+        negative_ttl_s=settings.negative_cache_ttl_s,
+        max_orgs=settings.cache_max_orgs,
+        timeout_s=settings.directory_timeout_s,
+        check=region_map.check_org,
+    )
+    stack.push_async_callback(directory.aclose)
+    clients = await stack.enter_async_context(RegionClients(region_map, settings))
+    key_arns: dict[Region, str] = {}
+    wiring = Wiring(
+        region_map,
+        clients,
+        ObjectStore(clients, settings),
+        BulkStore(clients),
+        Resolver(directory, region_map, key_arns),
+        RetentionSweeper(BulkStore(clients), region_map),
+    )
+    if settings.verify_on_start == "off":
+        checks = await _resolve_keys(wiring)
+    else:
+        checks = await check_regions(wiring)
+    for cfg in region_map:
+        # A quarantined region keeps its configured ARN: placement still resolves and
+        # its operations are refused by the health book.
+        key_arns[cfg.region] = checks[cfg.region].key_arn or cfg.kms_key
+    apply_checks(wiring, checks, settings.verify_on_start)
+    return wiring
+
+
+async def check_regions(wiring: Wiring) -> dict[Region, RegionCheck]:
+    """Verify every region concurrently."""
+    configs = list(wiring.region_map)
+    results = await asyncio.gather(*(verify_region(wiring.clients, cfg) for cfg in configs))
+    return {cfg.region: check for cfg, check in zip(configs, results, strict=True)}
+
+
+def apply_checks(
+    wiring: Wiring, checks: Mapping[Region, RegionCheck], mode: str = "quarantine"
+) -> None:
+    """Carry out policy's verdict: raise, or quarantine failing regions and release the rest.
+
+    A region only unreachable keeps its state (a passing check releases it later).
+
+    Raises:
+        ResidencyError: ``mode`` is ``strict`` and a region failed.
+    """
+    verdict = startup_verdict(
+        "strict" if mode == "strict" else "quarantine",
+        {region: check.problems for region, check in checks.items()},
+    )
+    if verdict.error is not None:
+        raise verdict.error
+    health = wiring.clients.health
+    for cfg in wiring.region_map:
+        problem = verdict.quarantine.get(cfg.region)
+        if problem is None:
+            health.release(cfg.aws_region)
+        elif problem.kind != "unavailable" or mode != "verify":
+            health.quarantine(cfg.aws_region, problem.kind, problem.message)
+
+
+def report(checks: Mapping[Region, RegionCheck]) -> VerifyReport:
+    """The public report of a verification."""
+    by_region = {region: [p.message for p in check.problems] for region, check in checks.items()}
+    return VerifyReport(ok=not any(by_region.values()), by_region=MappingProxyType(by_region))
+
+
+async def _resolve_keys(wiring: Wiring) -> dict[Region, RegionCheck]:
+    # Without verification the router still needs full key ARNs (writes name them, reads
+    # compare with them). A region whose alias cannot be resolved is quarantined.
+    configs = list(wiring.region_map)
+    results = await asyncio.gather(
+        *(resolve_key(wiring.clients, cfg) for cfg in configs), return_exceptions=True
+    )
+    checks: dict[Region, RegionCheck] = {}
+    for cfg, result in zip(configs, results, strict=True):
+        if isinstance(result, str):
+            checks[cfg.region] = RegionCheck(result, [])
+        elif isinstance(result, Exception):
+            kind: ProblemKind = (
+                "violation" if isinstance(result, ResidencyViolationError) else "unavailable"
+            )
+            checks[cfg.region] = RegionCheck(
+                None, [Problem(kind, f"KMS alias not resolved ({result})")]
+            )
+        else:
+            raise result
+    return checks
