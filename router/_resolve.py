@@ -11,16 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from router.errors import DirectoryUnavailableError
+from router.inputs import object_key, parse_data_class, parse_org_id, plain_object_key
 from router.orgs import CachedOrgDirectory
-from router.policy import (
-    KeptTags,
-    kept_tags,
-    object_key,
-    parse_data_class,
-    parse_org_id,
-    placement,
-    plain_object_key,
-)
+from router.policy import KeptTags, kept_tags, placement
 from router.regions import RegionMap
 from router.types import DataClass, OrgId, OrgResidency, Placement, Region
 

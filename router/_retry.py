@@ -121,19 +121,6 @@ class RetryPolicy:
             multiplier=base_wait_s, max=max_wait_s, jitter=base_wait_s
         )
 
-    async def call(self, operation: Callable[[], Awaitable[T]], *, idempotent: bool = True) -> T:
-        """Run ``operation`` until it succeeds or the budget is spent.
-
-        A non-idempotent operation is retried only when the failure proves S3 did not act.
-        """
-        # Fast path: the first attempt runs without a tenacity controller, so the calls that
-        # succeed at once (nearly all) pay nothing for the retry layer.
-        started = time.monotonic()
-        try:
-            return await operation()
-        except Exception as exc:
-            return await self.after_first(operation, exc, started, idempotent=idempotent)
-
     async def after_first(
         self,
         operation: Callable[[], Awaitable[T]],

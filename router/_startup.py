@@ -1,25 +1,28 @@
-"""Wiring: directory, cache, regional clients and the start-up verdict that policy decides."""
+"""Wiring and lifecycle: directory, cache, clients, and the start-up verdict policy decides."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from types import MappingProxyType
+from datetime import UTC, datetime
+from types import MappingProxyType, TracebackType
+from typing import Self
 
-from router._resolve import Resolver
+from router._resolve import Resolved, Resolver
 from router._s3.bulk import BulkStore
 from router._s3.clients import RegionClients
 from router._s3.objects import ObjectStore
 from router._s3.verify import RegionCheck, resolve_key, verify_region
+from router.audit import AuditLog
 from router.config import RouterSettings
 from router.errors import ResidencyViolationError
 from router.orgs import CachedOrgDirectory, DynamoDBOrgDirectory, OrgDirectory, StaticOrgDirectory
 from router.policy import startup_verdict
 from router.regions import RegionMap
 from router.retention import RetentionSweeper
-from router.types import Problem, ProblemKind, Region, VerifyReport
+from router.types import OrgId, Problem, ProblemKind, Region, RegionHealth, VerifyReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,3 +156,119 @@ async def _resolve_keys(wiring: Wiring) -> dict[Region, RegionCheck]:
         else:
             raise result
     return checks
+
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The default clock: the current time in UTC."""
+    return datetime.now(UTC)
+
+
+class RouterLifecycle:
+    """A router's life: made with settings, entered once (wiring, verification), closed.
+
+    :class:`~router.routing.ResidencyRouter` adds the operations on top.
+    """
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        directory: OrgDirectory | None = None,
+        *,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._given_directory = directory
+        self._stack = AsyncExitStack()
+        self._wiring: Wiring | None = None
+        secret = settings.audit_hmac_secret
+        self._audit = AuditLog(secret.get_secret_value().encode() if secret else None)
+        self._state = "new"
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: RouterSettings,
+        directory: OrgDirectory | None = None,
+        *,
+        clock: Clock = utc_now,
+    ) -> Self:
+        """Return a router for ``settings``; no I/O happens until it is entered.
+
+        ``directory`` replaces the static/DynamoDB directory; it stays the caller's to close.
+        ``clock`` returns the current UTC time (tests freeze it).
+        """
+        return cls(settings, directory, clock=clock)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise RuntimeError("a ResidencyRouter can be entered only once")
+        self._state = "starting"
+        try:
+            self._wiring = await start(self._settings, self._given_directory, self._stack)
+        except BaseException:
+            self._state = "closed"
+            await self._stack.aclose()
+            raise
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every client and cancel directory lookups in flight."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        self._wiring = None
+        await self._stack.aclose()
+
+    def _open(self) -> Wiring:
+        wiring = self._wiring
+        if wiring is None:
+            state = "closed" if self._state == "closed" else "not started (use 'async with')"
+            raise RuntimeError(f"this ResidencyRouter is {state}")
+        return wiring
+
+    @property
+    def region_map(self) -> RegionMap:
+        """The validated region map in use."""
+        return self._open().region_map
+
+    @property
+    def storage(self) -> RegionClients:
+        """The regional clients (``register`` botocore event hooks for tests and tracing)."""
+        return self._open().clients
+
+    @property
+    def directory(self) -> CachedOrgDirectory:
+        """The cached org directory in use."""
+        return self._open().resolver.directory
+
+    async def _resolved(self, wiring: Wiring, org: OrgId) -> Resolved:
+        return wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
+
+    # -- health and cache ---------------------------------------------------------------
+
+    def health(self) -> Mapping[Region, RegionHealth]:
+        """Return each region's recent health (not awaited)."""
+        wiring = self._open()
+        health = wiring.clients.health
+        return MappingProxyType(
+            {cfg.region: health.health(cfg.aws_region) for cfg in wiring.region_map}
+        )
+
+    def invalidate(self, org_id: str) -> None:
+        """Drop one org from the cache so its next lookup reads the directory (not awaited)."""
+        self._open().resolver.directory.invalidate(org_id)

@@ -66,13 +66,13 @@ class AuditLog:
             logging.WARNING if error else logging.INFO
         )
 
-    def operation(self, name: str, org_id: object = "*", *, current: bool = True) -> Operation:
+    def operation(self, name: str, org_id: object = "*", *, current: bool = True) -> OperationAudit:
         """Return the audit context of one operation (enter it before validating anything).
 
         ``current=False`` keeps its span out of the context (async generators: the caller's
         own work between items must not nest under it).
         """
-        return Operation(self, name, org_id, current)
+        return OperationAudit(self, name, org_id, current)
 
     def _emit(self, event: dict[str, object], outcome: Outcome) -> None:
         level = logging.INFO if outcome in ("ok", "skipped", "partial") else logging.WARNING
@@ -88,7 +88,7 @@ class AuditLog:
         )
 
 
-class Operation:
+class OperationAudit:
     """The audit context of one public operation: exactly one event, and one span.
 
     Outcomes: ``ok``; ``skipped`` (policy stored nothing); ``refused`` (an error before the
@@ -130,7 +130,7 @@ class Operation:
         self._token: object = None
         self.started = 0.0
 
-    def __enter__(self) -> Operation:
+    def __enter__(self) -> OperationAudit:
         self.started = time.perf_counter()
         tracer = _tracer()
         if tracer is not None:

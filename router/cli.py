@@ -16,10 +16,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from router.config import RouterSettings
+from router.drift import CHECKS, DriftChecker
 from router.errors import ResidencyError, UnknownOrgError
-from router.infra import CHECKS, DriftChecker, render_all
+from router.infra import render_all
+from router.inputs import parse_org_id
 from router.orgs import DynamoDBOrgDirectory, StaticOrgDirectory
-from router.policy import parse_org_id
 from router.regions import RegionMap
 from router.routing import ResidencyRouter
 from router.types import DataClass, Explanation, Operation, OrgId, OrgResidency, Region

@@ -1,7 +1,7 @@
 """What a hardened region is: its KMS key, data and log buckets, lifecycle and policies.
 
 One description, three readers: the CloudFormation renderer (``router.infra``), the local
-provisioner (``router.testing``) and the drift check (``router.infra``). Values that are
+provisioner (``router.testing``) and the drift check (``router.drift``). Values that are
 only known at deploy time (the key ARN, the account) are passed in, as literal strings or as
 CloudFormation intrinsics, so the same functions serve every reader.
 """

@@ -13,7 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 from router._aws import Transport, new_aio_session, open_aio_client
 from router._retry import RetryPolicy
 from router.errors import DirectoryUnavailableError, ResidencyError, UnknownOrgError
-from router.regions import RegionMap, org_record
+from router.inputs import org_record
+from router.regions import RegionMap
 from router.types import OrgId, OrgResidency, Region
 
 RecordCheck = Callable[[object], tuple[OrgResidency | None, list[str]]]
@@ -448,7 +449,7 @@ class DynamoDBOrgDirectory:
                 org_id,
                 fields,
                 configured={region.value for region in Region},
-                regions={},
+                without_endpoint=(),
                 default_days=30,
                 allowed_days=None,
             )

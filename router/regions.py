@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -14,13 +14,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 
 from router.errors import ConfigError
+from router.inputs import ORG_FIELDS, kind_of, org_record, processing_region_problem
 from router.types import (
     PROCESSING_REGIONS,
     AwsRegion,
-    OrgId,
     OrgResidency,
     Region,
-    org_id_problem,
 )
 
 MAX_FILE_BYTES = 1024 * 1024
@@ -216,7 +215,7 @@ class RegionMap:
         """
         problems = list(extra_problems or [])
         if not isinstance(data, Mapping):
-            problems.append(f"(top level): expected a mapping, got {_kind(data)}")
+            problems.append(f"(top level): expected a mapping, got {kind_of(data)}")
             raise ConfigError(problems)
         try:
             raw = _RawMap.model_validate(data)
@@ -234,7 +233,7 @@ class RegionMap:
             org_id,
             fields,
             configured={region.value for region in self.regions},
-            regions=self.regions,
+            without_endpoint={cfg.region.value for cfg in self if cfg.processing_endpoint is None},
             default_days=self.retention.inputs_outputs_days,
             allowed_days=self.retention.allowed_days,
         )
@@ -242,9 +241,15 @@ class RegionMap:
     def check_org(self, record: object) -> tuple[OrgResidency | None, list[str]]:
         """Validate a record a directory returned; return it normalised, or the problems."""
         if not isinstance(record, OrgResidency):
-            return None, [f": a directory must return OrgResidency, got {_kind(record)}"]
+            return None, [f": a directory must return OrgResidency, got {kind_of(record)}"]
         fields = {name: getattr(record, name) for name in ORG_FIELDS}
-        return self.org_record(record.org_id, fields)
+        checked, problems = self.org_record(record.org_id, fields)
+        # In a record object the regions are Region members: a plain "eu" is a caller's bug.
+        for name in ("region", "processing_region"):
+            value = fields[name]
+            if value is not None and not isinstance(value, Region):
+                problems.append(f".{name}: expected a Region, got {kind_of(value)} {value!r}")
+        return (checked if not problems else None), problems
 
     def region(self, region: Region) -> RegionConfig:
         """Return one residency region's settings.
@@ -285,10 +290,6 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 line = key_node.start_mark.line + 1
                 self.duplicates.append(f"line {line}: duplicate key {key!r}")
         return super().construct_mapping(node, deep=deep)
-
-
-def _kind(value: object) -> str:
-    return "nothing" if value is None else type(value).__name__
 
 
 def _pydantic_problems(exc: ValidationError) -> list[str]:
@@ -398,28 +399,13 @@ def _build_regions(raw: _RawMap, problems: list[str]) -> dict[Region, RegionConf
     return regions
 
 
-def _processing_region_problem(
-    value: str, regions: Mapping[Region, RegionConfig], configured: Collection[str]
-) -> str | None:
-    try:
-        region = Region(value)
-    except ValueError:
-        return f"unknown residency region {value!r}"
-    if region not in PROCESSING_REGIONS:
-        return f"processing can be pinned only to {' or '.join(sorted(PROCESSING_REGIONS))}"
-    if region.value not in configured:
-        return f"region {value} is not in regions"
-    cfg = regions.get(region)
-    if cfg is not None and cfg.processing_endpoint is None:
-        return f"regions.{value} has no processing_endpoint"
-    return None
-
-
 def _build_processing(
     raw: _RawMap, regions: Mapping[Region, RegionConfig], problems: list[str]
 ) -> ProcessingConfig | None:
     section = raw.processing
-    problem = _processing_region_problem(section.default_region, regions, raw.regions.keys())
+    problem = processing_region_problem(
+        section.default_region, raw.regions.keys(), _without_endpoint(raw, regions)
+    )
     if problem is not None:
         problems.append(f"processing.default_region: {problem}")
     endpoints: dict[str, EndpointRule] = {}
@@ -469,7 +455,7 @@ def _build_orgs(
             org_id,
             entry,
             configured=raw.regions.keys(),
-            regions=regions,
+            without_endpoint=_without_endpoint(raw, regions),
             default_days=raw.retention.inputs_outputs_days,
             allowed_days=None if retention is None else retention.allowed_days,
         )
@@ -479,74 +465,7 @@ def _build_orgs(
     return orgs
 
 
-ORG_FIELDS = frozenset(
-    {"region", "processing_region", "retention_days", "zero_data_retention", "training_opt_in"}
-)
-
-
-def org_record(
-    org_id: object,
-    fields: object,
-    *,
-    configured: Collection[str],
-    regions: Mapping[Region, RegionConfig],
-    default_days: int,
-    allowed_days: Collection[int] | None,
-) -> tuple[OrgResidency | None, list[str]]:
-    """The one org-record validator: regions.yaml, DynamoDB items, ``orgs set``, any directory.
-
-    ``fields`` maps field names to plain values (``region`` a code such as ``"eu"``, booleans
-    real ``bool``, ``retention_days`` a real ``int``). Every problem is returned at once, each
-    starting with ``.field: `` (or ``: `` for the record as a whole), so callers can prefix
-    their own path.
-    """
-    problems: list[str] = []
-    if (problem := org_id_problem(org_id)) is not None:
-        problems.append(f": {problem}")
-    if not isinstance(fields, Mapping):
-        return None, [*problems, f": expected a mapping of fields, got {_kind(fields)}"]
-    for name in sorted(str(name) for name in fields if name not in ORG_FIELDS):
-        problems.append(f".{name}: unknown field (known: {', '.join(sorted(ORG_FIELDS))})")
-    region = fields.get("region")
-    if not isinstance(region, str) or region not in _REGION_CODES:
-        problems.append(f".region: {region!r} is not a residency region ({_REGION_LIST})")
-    elif region not in configured:
-        problems.append(f".region: region {region} is not in regions")
-    pin = fields.get("processing_region")
-    if pin is not None:
-        if not isinstance(pin, str):
-            problems.append(f".processing_region: expected a region code, got {_kind(pin)}")
-        elif (problem := _processing_region_problem(pin, regions, configured)) is not None:
-            problems.append(f".processing_region: {problem}")
-    days = fields.get("retention_days", default_days)
-    if days is None:
-        days = default_days
-    if not isinstance(days, int) or isinstance(days, bool):
-        problems.append(f".retention_days: expected a whole number of days, got {_kind(days)}")
-    elif allowed_days is not None and days not in allowed_days:
-        problems.append(
-            f".retention_days: {days} is not one of allowed_days {sorted(allowed_days)}"
-        )
-    flags: dict[str, bool] = {}
-    for name in ("zero_data_retention", "training_opt_in"):
-        value = fields.get(name, False)
-        if not isinstance(value, bool):
-            problems.append(f".{name}: expected true or false, got {_kind(value)} {value!r}")
-        flags[name] = value is True
-    if problems:
-        return None, problems
-    return (
-        OrgResidency(
-            org_id=OrgId(str(org_id)),
-            region=Region(str(region)),
-            processing_region=None if pin is None else Region(str(pin)),
-            retention_days=int(days),
-            zero_data_retention=flags["zero_data_retention"],
-            training_opt_in=flags["training_opt_in"],
-        ),
-        [],
-    )
-
-
-_REGION_CODES = frozenset(region.value for region in Region)
-_REGION_LIST = ", ".join(region.value for region in Region)
+def _without_endpoint(raw: _RawMap, regions: Mapping[Region, RegionConfig]) -> set[str]:
+    return {code for code, cfg in raw.regions.items() if cfg.processing_endpoint is None} | {
+        cfg.region.value for cfg in regions.values() if cfg.processing_endpoint is None
+    }

@@ -1,23 +1,32 @@
-"""Retention: the purge of expired inputs and outputs, and the erasure of an org's data."""
+"""Retention and training: the purge of expired exchanges, erasure, training eligibility."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from functools import partial
 from types import MappingProxyType
 from typing import TypeVar
 
 from router._s3.bulk import BucketRef, BulkStore
-from router.errors import first_error
-from router.policy import expiry_day_of, is_expired, is_stale_exchange_upload, org_prefix
+from router._s3.objects import ObjectStore
+from router.errors import ObjectNotFoundError, first_error
+from router.inputs import object_key, org_prefix
+from router.policy import expiry_day_of, is_expired, is_stale_exchange_upload
 from router.regions import RegionConfig, RegionMap
 from router.types import (
     KEY_ROOT,
+    TAG_ORG,
+    TAG_TRAINING,
+    TRAINABLE,
+    TRAINING_OPT_IN,
     DataClass,
     ErasureReceipt,
+    ObjectInfo,
     OrgId,
+    OrgResidency,
+    Placement,
     PurgeReport,
     Region,
     RegionPurge,
@@ -123,3 +132,61 @@ class RetentionSweeper:
         except BaseExceptionGroup as exc:
             raise first_error(exc) from None
         return [task.result() for task in tasks]
+
+
+TAG_READ_CONCURRENCY = 16
+
+
+async def training_eligible(
+    objects: ObjectStore,
+    record: OrgResidency,
+    place: Placement,
+    listing: AsyncIterator[ObjectInfo],
+) -> AsyncIterator[ObjectInfo]:
+    """Yield the listed objects that may be used for training.
+
+    Only ``files`` and ``fine_tuning`` objects of an org opted in now whose own
+    ``residency-training`` tag (set at write time) says ``opt-in``: inputs and outputs kept
+    for abuse monitoring never are. One tag read per object, with bounded concurrency.
+
+    Raises:
+        StorageError, RegionUnavailableError: S3 refused or failed.
+    """
+    if not record.training_opt_in:
+        return
+    limit = asyncio.Semaphore(TAG_READ_CONCURRENCY)
+
+    async def eligible(info: ObjectInfo) -> bool:
+        if info.data_class not in TRAINABLE:
+            return False
+        async with limit:
+            try:
+                tags = await objects.tags(place, object_key(info.org_id, info.data_class, info.key))
+            except ObjectNotFoundError:
+                return False  # deleted since it was listed
+        return tags.get(TAG_TRAINING) == TRAINING_OPT_IN and tags.get(TAG_ORG) == record.org_id
+
+    batch: list[ObjectInfo] = []
+    async for info in listing:
+        batch.append(info)
+        if len(batch) >= TAG_READ_CONCURRENCY * 4:
+            for item in await _filter(batch, eligible):
+                yield item
+            batch = []
+    for item in await _filter(batch, eligible):
+        yield item
+
+
+async def _filter(
+    items: list[ObjectInfo], keep: Callable[[ObjectInfo], Awaitable[bool]]
+) -> list[ObjectInfo]:
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_run(keep, item)) for item in items]
+    except BaseExceptionGroup as exc:
+        raise first_error(exc) from None
+    return [item for item, task in zip(items, tasks, strict=True) if task.result()]
+
+
+async def _run(keep: Callable[[ObjectInfo], Awaitable[bool]], item: ObjectInfo) -> bool:
+    return await keep(item)

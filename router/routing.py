@@ -2,38 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Coroutine, Mapping
-from contextlib import AsyncExitStack
-from datetime import UTC, datetime
-from types import MappingProxyType, TracebackType
-from typing import Any, Self
+from collections.abc import AsyncGenerator, AsyncIterable, Mapping
+from datetime import datetime
+from typing import Any
 
 from router import _startup
 from router._resolve import Resolved, checked_key
-from router._s3.clients import RegionClients
-from router._startup import Wiring
-from router.audit import AuditLog
-from router.config import RouterSettings
-from router.errors import (
-    ObjectNotFoundError,
-    ResidencyViolationError,
-    UnknownOrgError,
-    first_error,
-)
-from router.orgs import CachedOrgDirectory, OrgDirectory
-from router.policy import (
-    WriteDecision,
+from router._s3.objects import Body
+from router._startup import RouterLifecycle, Wiring
+from router.audit import OperationAudit
+from router.errors import UnknownOrgError
+from router.explain import explain as explain_decision
+from router.inputs import (
     check_content_type,
     check_metadata,
-    decide_exchange,
-    decide_processing,
-    decide_put,
-    endpoint_rule,
-    exchange_document,
     list_prefix,
-    object_key,
     parse_data_class,
     parse_now,
     parse_operation,
@@ -41,39 +25,35 @@ from router.policy import (
     parse_region,
     split_object_key,
 )
-from router.policy import explain as explain_decision
-from router.regions import RegionMap
+from router.policy import (
+    WriteDecision,
+    decide_exchange,
+    decide_processing,
+    decide_put,
+    endpoint_rule,
+    erase_target,
+    exchange_document,
+    write_receipt,
+)
+from router.retention import training_eligible
 from router.types import (
-    TAG_ORG,
-    TAG_TRAINING,
-    TRAINING_OPT_IN,
     DataClass,
     DeleteReceipt,
     ErasureReceipt,
     Explanation,
     ObjectInfo,
     Operation,
-    OrgId,
+    OrgResidency,
     Placement,
     ProcessingRoute,
     PurgeReport,
     Region,
-    RegionHealth,
     VerifyReport,
     WriteReceipt,
 )
 
-Body = bytes | bytearray | memoryview | AsyncIterable[bytes]
-Clock = Callable[[], datetime]
-TAG_READ_CONCURRENCY = 16
 
-
-def utc_now() -> datetime:
-    """The default clock: the current time in UTC."""
-    return datetime.now(UTC)
-
-
-class ResidencyRouter:
+class ResidencyRouter(RouterLifecycle):
     """Routes every org's data to its residency region, and nowhere else.
 
     Make one with :meth:`from_settings` and use it as an async context manager; entering
@@ -82,97 +62,8 @@ class ResidencyRouter:
 
     Every public operation emits exactly one audit event (``ok``, ``skipped``, ``refused``,
     ``error``, or ``partial`` for a stream closed early) and, with OpenTelemetry configured,
-    one span around the whole operation.
+    one span around the whole operation. Each is resolve, audit, act.
     """
-
-    def __init__(
-        self,
-        settings: RouterSettings,
-        directory: OrgDirectory | None = None,
-        *,
-        clock: Clock = utc_now,
-    ) -> None:
-        self._settings = settings
-        self._clock = clock
-        self._given_directory = directory
-        self._stack = AsyncExitStack()
-        self._wiring: Wiring | None = None
-        secret = settings.audit_hmac_secret
-        self._audit = AuditLog(secret.get_secret_value().encode() if secret else None)
-        self._state = "new"
-
-    @classmethod
-    def from_settings(
-        cls,
-        settings: RouterSettings,
-        directory: OrgDirectory | None = None,
-        *,
-        clock: Clock = utc_now,
-    ) -> ResidencyRouter:
-        """Return a router for ``settings``; no I/O happens until it is entered.
-
-        ``directory`` replaces the static/DynamoDB directory; it stays the caller's to close.
-        ``clock`` returns the current UTC time (tests freeze it).
-        """
-        return cls(settings, directory, clock=clock)
-
-    # -- lifecycle ----------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        if self._state != "new":
-            raise RuntimeError("a ResidencyRouter can be entered only once")
-        self._state = "starting"
-        try:
-            self._wiring = await _startup.start(self._settings, self._given_directory, self._stack)
-        except BaseException:
-            self._state = "closed"
-            await self._stack.aclose()
-            raise
-        self._state = "open"
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close every client and cancel directory lookups in flight."""
-        if self._state == "closed":
-            return
-        self._state = "closed"
-        self._wiring = None
-        await self._stack.aclose()
-
-    def _open(self) -> Wiring:
-        wiring = self._wiring
-        if wiring is None:
-            state = "closed" if self._state == "closed" else "not started (use 'async with')"
-            raise RuntimeError(f"this ResidencyRouter is {state}")
-        return wiring
-
-    @property
-    def region_map(self) -> RegionMap:
-        """The validated region map in use."""
-        return self._open().region_map
-
-    @property
-    def storage(self) -> RegionClients:
-        """The regional clients (``register`` botocore event hooks for tests and tracing)."""
-        return self._open().clients
-
-    @property
-    def directory(self) -> CachedOrgDirectory:
-        """The cached org directory in use."""
-        return self._open().resolver.directory
-
-    async def _resolved(self, wiring: Wiring, org: OrgId) -> Resolved:
-        return wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
-
-    # -- verification and resolution ----------------------------------------------------
 
     async def verify(self) -> VerifyReport:
         """Check every region now: bucket location and owner, KMS key region and state.
@@ -201,8 +92,6 @@ class ResidencyRouter:
             op.at(resolved.place.region.value)
         return resolved.place
 
-    # -- objects ------------------------------------------------------------------------
-
     async def _plan_put(
         self,
         org_id: str,
@@ -218,7 +107,7 @@ class ResidencyRouter:
             check_metadata(metadata)
         if content_type is not None:
             check_content_type(content_type)
-        resolved = await self._resolved(wiring, org)
+        resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
         return decide_put(resolved.record, resolved.place, cls, key, full, resolved.tags_for(cls))
 
     async def put(
@@ -262,7 +151,7 @@ class ResidencyRouter:
                 content_type=content_type,
                 metadata=metadata,
             )
-        return _receipt(decision, result.version_id, result.sha256)
+        return write_receipt(decision, result.version_id, result.sha256)
 
     async def get(
         self, org_id: str, key: str, *, data_class: DataClass | str = DataClass.FILES
@@ -270,20 +159,15 @@ class ResidencyRouter:
         """Return an object's bytes after checking it is under the region's KMS key.
 
         Raises:
-            TypeError, InvalidKeyError, InvalidArgumentError, UnknownOrgError,
-            DirectoryUnavailableError: as for ``put``.
             ObjectNotFoundError: no such object.
             ResidencyViolationError: the object is not under the region's key.
-            StorageError: S3 refused for good.
-            RegionUnavailableError: the region failed after retries.
+            ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
         """
         wiring = self._open()
         with self._audit.operation("get", org_id) as op:
             org, cls, full = checked_key(org_id, key, data_class)
             resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
-            place = resolved.place
-            op.at(place.region.value, cls.value, full)
-            op.acting()
+            place = _acting_on(op, resolved, cls, full)
             data = await wiring.objects.get(place, full)
             op.bytes = len(data)
         return data
@@ -297,20 +181,15 @@ class ResidencyRouter:
         connection and is audited as ``partial`` with the bytes read.
 
         Raises:
-            TypeError, InvalidKeyError, InvalidArgumentError, UnknownOrgError,
-            DirectoryUnavailableError: as for ``put``.
             ObjectNotFoundError: no such object.
             ResidencyViolationError: the object is not under the region's key.
-            StorageError: S3 refused for good.
-            RegionUnavailableError: the region failed, before or during the transfer.
+            ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
         """
         wiring = self._open()
         with self._audit.operation("stream", org_id, current=False) as op:
             org, cls, full = checked_key(org_id, key, data_class)
-            resolved = await self._resolved(wiring, org)
-            place = resolved.place
-            op.at(place.region.value, cls.value, full)
-            op.acting()
+            resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
+            place = _acting_on(op, resolved, cls, full)
             op.bytes = 0
             chunks = wiring.objects.stream(place, full)
             try:
@@ -330,20 +209,15 @@ class ResidencyRouter:
         """Return an object's size, version and time after checking its KMS key.
 
         Raises:
-            TypeError, InvalidKeyError, InvalidArgumentError, UnknownOrgError,
-            DirectoryUnavailableError: as for ``put``.
             ObjectNotFoundError: no such object.
             ResidencyViolationError: the object is not under the region's key.
-            StorageError: S3 refused for good.
-            RegionUnavailableError: the region failed after retries.
+            ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
         """
         wiring = self._open()
         with self._audit.operation("head", org_id) as op:
             org, cls, full = checked_key(org_id, key, data_class)
             resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
-            place = resolved.place
-            op.at(place.region.value, cls.value, full)
-            op.acting()
+            place = _acting_on(op, resolved, cls, full)
             found = await wiring.objects.head(place, full)
         return ObjectInfo(place.org_id, cls, key, found.size, found.version_id, found.last_modified)
 
@@ -353,17 +227,13 @@ class ResidencyRouter:
         """Delete every version and delete marker of one object; deleting again is a no-op.
 
         Raises:
-            TypeError, InvalidKeyError, InvalidArgumentError, UnknownOrgError,
-            DirectoryUnavailableError: as for ``put``.
-            StorageError: S3 refused for good.
-            RegionUnavailableError: the region failed after retries.
+            ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
         """
         wiring = self._open()
         with self._audit.operation("delete", org_id) as op:
             org, cls, full = checked_key(org_id, key, data_class)
-            place = (await self._resolved(wiring, org)).place
-            op.at(place.region.value, cls.value, full)
-            op.acting()
+            resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
+            place = _acting_on(op, resolved, cls, full)
             count = await wiring.bulk.delete_object(place, full)
         return DeleteReceipt(place.org_id, place.region, key, count)
 
@@ -377,10 +247,7 @@ class ResidencyRouter:
         """Yield the org's current objects (one class, or all), named by the caller's keys.
 
         Raises:
-            TypeError, InvalidKeyError, InvalidArgumentError, UnknownOrgError,
-            DirectoryUnavailableError: as for ``put``.
-            StorageError: S3 refused for good.
-            RegionUnavailableError: the region failed after retries.
+            ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
         """
         wiring = self._open()
         with self._audit.operation("list", org_id, current=False) as op:
@@ -415,8 +282,6 @@ class ResidencyRouter:
                 yield ObjectInfo(
                     org, parsed[1], parsed[2], found.size, found.version_id, found.last_modified
                 )
-
-    # -- processing, retention, training, explain -------------------------------------
 
     async def route_processing(self, org_id: str, endpoint: str) -> ProcessingRoute:
         """Return where a processing call for ``endpoint`` must go; sends no S3 request.
@@ -465,7 +330,7 @@ class ResidencyRouter:
             op.at(place.region.value, DataClass.INPUTS_OUTPUTS.value)
             if not decision.store:
                 op.skipped()
-                return _receipt(decision, None, "")
+                return write_receipt(decision, None, "")
             op.key = decision.key
             op.acting()
             document = exchange_document(endpoint, now, bytes(request), bytes(response))
@@ -476,7 +341,7 @@ class ResidencyRouter:
                 tagging=decision.tagging(),
                 content_type="application/json",
             )
-        return _receipt(decision, result.version_id, result.sha256)
+        return write_receipt(decision, result.version_id, result.sha256)
 
     async def purge_expired(self, *, now: datetime | None = None) -> PurgeReport:
         """Delete every version of inputs/outputs whose expiry day is on or before ``now``.
@@ -527,18 +392,12 @@ class ResidencyRouter:
             named = None if region is None else parse_region(region)
             op.data_class = None if cls is None else cls.value
             try:
-                record = (await wiring.resolver.resolve(org)).record
+                record: OrgResidency | None = (await wiring.resolver.resolve(org)).record
             except UnknownOrgError:
                 if named is None:
                     raise
-                target = named
-            else:
-                if named is not None and named is not record.region:
-                    raise ResidencyViolationError(
-                        f"erase_org: org {org} lives in {record.region.value}, not "
-                        f"{named.value}; nothing was deleted"
-                    ) from None
-                target = record.region
+                record = None
+            target = erase_target(org, record, named)
             op.region = target.value
             op.acting()
             receipt = await wiring.sweeper.erase(wiring.region_map.region(target), org, target, cls)
@@ -566,33 +425,8 @@ class ResidencyRouter:
             op.items = 0
             if not record.training_opt_in:
                 return
-            limit = asyncio.Semaphore(TAG_READ_CONCURRENCY)
-
-            async def eligible(info: ObjectInfo) -> bool:
-                async with limit:
-                    try:
-                        tags = await wiring.objects.tags(
-                            place, object_key(info.org_id, info.data_class, info.key)
-                        )
-                    except ObjectNotFoundError:
-                        return False  # deleted since it was listed
-                return (
-                    tags.get(TAG_TRAINING) == TRAINING_OPT_IN and tags.get(TAG_ORG) == record.org_id
-                )
-
-            batch: list[ObjectInfo] = []
-            async for info in self._list(wiring, _Quiet(), record.org_id, None, ""):
-                batch.append(info)
-                if len(batch) >= TAG_READ_CONCURRENCY * 4:
-                    for item in await _filter(batch, eligible):
-                        op.items += 1
-                        try:
-                            yield item
-                        except GeneratorExit:
-                            op.partial()
-                            raise
-                    batch = []
-            for item in await _filter(batch, eligible):
+            listing = self._list(wiring, _Quiet(), record.org_id, None, "")
+            async for item in training_eligible(wiring.objects, record, place, listing):
                 op.items += 1
                 try:
                     yield item
@@ -635,20 +469,6 @@ class ResidencyRouter:
                 self._clock(),
             )
 
-    # -- health and cache ---------------------------------------------------------------
-
-    def health(self) -> Mapping[Region, RegionHealth]:
-        """Return each region's recent health (not awaited)."""
-        wiring = self._open()
-        health = wiring.clients.health
-        return MappingProxyType(
-            {cfg.region: health.health(cfg.aws_region) for cfg in wiring.region_map}
-        )
-
-    def invalidate(self, org_id: str) -> None:
-        """Drop one org from the cache so its next lookup reads the directory (not awaited)."""
-        self._open().resolver.directory.invalidate(org_id)
-
 
 class _Quiet:
     """An audit stand-in for a listing inside another audited operation."""
@@ -662,37 +482,16 @@ class _Quiet:
         return None
 
 
+def _acting_on(op: OperationAudit, resolved: Resolved, cls: DataClass, full: str) -> Placement:
+    place = resolved.place
+    op.at(place.region.value, cls.value, full)
+    op.acting()
+    return place
+
+
 def _check_body(body: object) -> None:
     if isinstance(body, bytes | bytearray | memoryview | AsyncIterable):
         return
     raise TypeError(
         "body must be bytes-like or an async iterable of bytes, got " + type(body).__name__
     )
-
-
-def _receipt(decision: WriteDecision, version_id: str | None, sha256: str) -> WriteReceipt:
-    place = decision.placement
-    return WriteReceipt(
-        org_id=place.org_id,
-        region=place.region,
-        aws_region=place.aws_region,
-        bucket=place.bucket,
-        key=decision.key if decision.store else "",
-        version_id=version_id,
-        sha256=sha256,
-        kms_key_arn=place.kms_key_arn,
-        data_class=decision.data_class,
-        stored=decision.store,
-        reason=decision.reason,
-    )
-
-
-async def _filter(
-    items: list[ObjectInfo], keep: Callable[[ObjectInfo], Coroutine[Any, Any, bool]]
-) -> list[ObjectInfo]:
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(keep(item)) for item in items]
-    except BaseExceptionGroup as exc:
-        raise first_error(exc) from None
-    return [item for item, task in zip(items, tasks, strict=True) if task.result()]

@@ -47,6 +47,9 @@ class Operation(StrEnum):
     ERASE = "erase"
 
 
+TRAINABLE: frozenset[DataClass] = frozenset({DataClass.FILES, DataClass.FINE_TUNING})
+"""The only data classes that can ever be training-eligible (never inputs and outputs)."""
+
 PROCESSING_REGIONS: frozenset[Region] = frozenset({Region.US, Region.EU})
 """The residency regions an org may pin its processing to."""
 

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import date
 from typing import Any
 
 import pytest
@@ -16,10 +18,18 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from router.audit import AUDIT_LOGGER, AuditLog
-from router.errors import ObjectNotFoundError
+from router.audit import AUDIT_LOGGER, VERSION, AuditLog
+from router.errors import (
+    InvalidArgumentError,
+    InvalidKeyError,
+    ObjectNotFoundError,
+    ProcessingNotEligibleError,
+    ResidencyViolationError,
+    UnknownOrgError,
+)
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
+from router.types import Region
 
 
 class Events(logging.Handler):
@@ -162,3 +172,126 @@ def test_tracing_is_noticed_however_the_provider_is_configured(
         timeout=60,
     )
     assert out.stdout.strip() == ("disabled" if case == "none" else "enabled")
+
+
+async def test_every_refusal_emits_exactly_one_refused_event(
+    residency_world: ResidencyWorld, audit_events: Events
+) -> None:
+    async with ResidencyRouter.from_settings(residency_world.settings()) as router:
+        refusals: list[tuple[str, type[BaseException], Any]] = [
+            ("put", UnknownOrgError, router.put("org-nobody", "a.txt", b"x")),
+            ("put", InvalidKeyError, router.put("org-acme", "../a.txt", b"x")),
+            ("put", InvalidArgumentError, router.put("org-acme", "a", b"x", metadata={"a b": "v"})),
+            ("put", TypeError, router.put("org-acme", "a.txt", "text")),  # type: ignore[arg-type]
+            ("get", InvalidKeyError, router.get("bad id", "a.txt")),
+            (
+                "route_processing",
+                ProcessingNotEligibleError,
+                router.route_processing("org-acme", "/v1/unlisted"),
+            ),
+            (
+                "record_exchange",
+                ProcessingNotEligibleError,
+                router.record_exchange("org-acme", "/v1/unlisted", request=b"q", response=b"a"),
+            ),
+            ("erase", ResidencyViolationError, router.erase_org("org-acme", region="us")),
+            ("purge", TypeError, router.purge_expired(now=date(2026, 1, 1))),  # type: ignore[arg-type]
+            ("explain", InvalidArgumentError, router.explain("org-acme", operation="fly")),
+        ]
+        for operation, error, call in refusals:
+            audit_events.events.clear()
+            with pytest.raises(error):
+                await call
+            assert [(e["operation"], e["outcome"], e["error"]) for e in audit_events.events] == [
+                (operation, "refused", error.__name__)
+            ], operation
+    for region in Region:
+        assert residency_world.all_versions(region) == []
+
+
+async def test_stream_closed_early_emits_partial_with_the_bytes_read(
+    residency_world: ResidencyWorld, audit_events: Events
+) -> None:
+    settings = residency_world.settings(audit_hmac_secret="s3cret")
+    async with ResidencyRouter.from_settings(settings) as router:
+        await router.put("org-acme", "big.bin", b"z" * (3 * 1024 * 1024))
+        audit_events.events.clear()
+        stream = router.stream("org-acme", "big.bin")
+        async for chunk in stream:
+            first = len(chunk)
+            break
+        assert audit_events.events == [], "nothing is final while the stream is open"
+        await stream.aclose()
+        [event] = audit_events.events
+        assert (event["operation"], event["outcome"]) == ("stream", "partial")
+        assert event["bytes"] == first
+        assert event["region"] == "eu"
+        audit_events.events.clear()
+        body = b"".join([c async for c in router.stream("org-acme", "big.bin")])
+        [event] = audit_events.events
+        assert (event["outcome"], event["bytes"]) == ("ok", len(body))
+
+
+async def test_list_is_audited_once_after_it_has_listed(
+    residency_world: ResidencyWorld, audit_events: Events
+) -> None:
+    async with ResidencyRouter.from_settings(residency_world.settings()) as router:
+        for i in range(3):
+            await router.put("org-acme", f"l/{i}", b"x")
+        audit_events.events.clear()
+        listing = router.list("org-acme")
+        await anext(listing)
+        assert audit_events.events == [], "list must not report ok before it has listed"
+        rest = [info async for info in listing]
+        assert len(rest) == 2
+        [event] = audit_events.events
+        assert (event["operation"], event["outcome"], event["items"]) == ("list", "ok", 3)
+
+
+async def test_cancelled_operation_emits_one_error_event(
+    residency_world: ResidencyWorld, audit_events: Events
+) -> None:
+    async with ResidencyRouter.from_settings(residency_world.settings()) as router:
+        started = asyncio.Event()
+
+        async def slow_body() -> AsyncIterator[bytes]:
+            yield b"x" * 1024
+            started.set()
+            await asyncio.sleep(3600)
+            yield b"never"
+
+        audit_events.events.clear()
+        task = asyncio.create_task(router.put("org-acme", "slow.bin", slow_body()))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert [(e["operation"], e["outcome"], e["error"]) for e in audit_events.events] == [
+            ("put", "error", "CancelledError")
+        ]
+
+
+async def test_span_encloses_the_operation_and_its_requests(
+    residency_world: ResidencyWorld, spans: InMemorySpanExporter
+) -> None:
+    spans.clear()
+    seen: list[int] = []
+
+    def current_span_id(request: Any, **_: Any) -> None:
+        seen.append(trace.get_current_span().get_span_context().span_id)
+
+    async with ResidencyRouter.from_settings(residency_world.settings()) as router:
+        router.storage.register("before-send.s3", current_span_id)
+        await router.put("org-lark", "a.txt", b"x")
+        with pytest.raises(InvalidKeyError):
+            await router.get("org-lark", "../x")
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    put = finished["residency.put"]
+    assert seen, "no request was seen"
+    assert set(seen) == {put.context.span_id}, "requests must run inside the span"
+    assert put.instrumentation_scope is not None
+    assert put.instrumentation_scope.version == VERSION
+    refused = finished["residency.get"]
+    assert refused.attributes is not None
+    assert refused.attributes["error.type"] == "InvalidKeyError"
+    assert refused.attributes["residency.outcome"] == "refused"

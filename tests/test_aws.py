@@ -22,8 +22,8 @@ from router._aws import (
     open_aio_client,
 )
 from router.config import RouterSettings
+from router.drift import DriftChecker
 from router.errors import DirectoryUnavailableError, RegionUnavailableError, ResidencyViolationError
-from router.infra import DriftChecker
 from router.orgs import DynamoDBOrgDirectory
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
@@ -121,10 +121,10 @@ class SentUrls:
 
     def stop(self, request: Any, **_: Any) -> None:
         self.urls.append(request.url)
-        raise NotSent(request.url)
+        raise NotSentError(request.url)
 
 
-class NotSent(Exception):
+class NotSentError(Exception):
     """Raised by SentUrls.stop: the request was built, and never sent."""
 
 
@@ -173,7 +173,7 @@ async def test_aio_clients_ignore_configured_endpoints_and_edge_options(
                 assert forbidden not in url, url
     async with open_aio_client(session, "s3", "eu-west-1", Transport()) as s3:
         s3.meta.events.register_first("before-send", sent.stop)
-        with pytest.raises(NotSent):
+        with pytest.raises(NotSentError):
             await s3.put_object(Bucket="residency-example-eu", Key="k", Body=b"x")
     assert sent.urls == ["https://residency-example-eu.s3.eu-west-1.amazonaws.com/k"]
 

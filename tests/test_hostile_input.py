@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.errors import ConfigError, InvalidKeyError, UnknownOrgError
-from router.policy import (
+from router.inputs import (
     is_plain_key,
     object_key,
     parse_org_id,

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from router.cli import main
+from router.drift import CHECKS, DriftChecker
 from router.hardening import KMS_CRYPTO_ACTIONS, ROUTER_BUCKET_ACTIONS, ROUTER_OBJECT_ACTIONS
-from router.infra import CHECKS, DriftChecker, render_all
+from router.infra import render_all
 from router.regions import RegionMap
 from router.testing import ResidencyWorld, local_client
 from router.types import Region

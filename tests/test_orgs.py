@@ -6,7 +6,10 @@ import pytest
 
 from router.errors import DirectoryUnavailableError, UnknownOrgError
 from router.orgs import CachedOrgDirectory, OrgDirectory, StaticOrgDirectory
+from router.routing import ResidencyRouter
+from router.testing import ResidencyWorld
 from router.types import OrgId, OrgResidency, Region
+from tests.conftest import RequestLog
 
 
 class FakeClock:
@@ -201,3 +204,67 @@ async def test_backend_answer_for_another_org_is_refused() -> None:
     cache = make(backend, FakeClock())
     with pytest.raises(DirectoryUnavailableError, match="answered for"):
         await cache.lookup(OrgId("acme"))
+
+
+class OneRecord:
+    """A caller's own directory that answers with whatever record it was given."""
+
+    def __init__(self, record: object) -> None:
+        self.record = record
+
+    async def lookup(self, org_id: OrgId) -> OrgResidency:
+        return self.record  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        pytest.param(
+            OrgResidency(OrgId("org-x"), Region.EU, training_opt_in="false"),  # type: ignore[arg-type]
+            "training_opt_in",
+            id="str-training-flag",
+        ),
+        pytest.param(
+            OrgResidency(OrgId("org-x"), "eu"),  # type: ignore[arg-type]
+            "region",
+            id="str-region",
+        ),
+        pytest.param(
+            OrgResidency(OrgId("org-x"), Region.EU, retention_days=14),
+            "retention_days",
+            id="window-not-allowed",
+        ),
+        pytest.param(
+            OrgResidency(OrgId("org-x"), Region.EU, processing_region=Region.JP),
+            "processing_region",
+            id="pin-jp",
+        ),
+        pytest.param(
+            OrgResidency(OrgId("org-x"), Region.EU, zero_data_retention=1),  # type: ignore[arg-type]
+            "zero_data_retention",
+            id="int-zdr",
+        ),
+        pytest.param({"org_id": "org-x", "region": "eu"}, "OrgResidency", id="not-a-record"),
+        pytest.param(OrgResidency(OrgId("org-y"), Region.EU), "another org", id="other-org"),
+    ],
+)
+async def test_caller_directory_records_are_validated_before_anything_is_sent(
+    residency_world: ResidencyWorld, record: object, problem: str
+) -> None:
+    directory = OneRecord(record)
+    async with ResidencyRouter.from_settings(residency_world.settings(), directory) as router:
+        requests = RequestLog()
+        router.storage.register("before-send.s3", requests)
+        with pytest.raises(DirectoryUnavailableError, match=problem):
+            await router.put("org-x", "a.txt", b"x")
+        with pytest.raises(DirectoryUnavailableError, match=problem):
+            await router.record_exchange(
+                "org-x", "/v1/chat/completions", request=b"q", response=b"a"
+            )
+        async with asyncio.timeout(30):
+            training = router.list_training_eligible("org-x")
+            with pytest.raises(DirectoryUnavailableError):
+                await anext(training)
+        assert len(requests) == 0
+    for region in Region:
+        assert residency_world.all_versions(region) == []

@@ -12,6 +12,8 @@ from router.errors import (
     InvalidKeyError,
     ProcessingNotEligibleError,
 )
+from router.explain import explain
+from router.inputs import key_problem, object_key, parse_data_class, parse_org_id, split_object_key
 from router.policy import (
     WriteDecision,
     decide_exchange,
@@ -19,15 +21,9 @@ from router.policy import (
     decide_put,
     exchange_document,
     expiry_day_of,
-    explain,
     is_expired,
     is_stale_exchange_upload,
-    key_problem,
-    object_key,
-    parse_data_class,
-    parse_org_id,
     placement,
-    split_object_key,
 )
 from router.regions import RegionMap
 from router.types import DataClass, Operation, OrgId, OrgResidency, Placement, Region

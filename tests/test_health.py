@@ -1,0 +1,175 @@
+"""Health that tells the truth: what quarantines a region, what never counts against it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from router._s3.health import DEGRADED_FAILURE_RATE, HEALTH_WINDOW, HealthBook
+from router.config import RouterSettings
+from router.errors import (
+    InvalidArgumentError,
+    RegionUnavailableError,
+    ResidencyViolationError,
+    StorageError,
+)
+from router.routing import ResidencyRouter
+from router.testing import ResidencyWorld
+from router.types import AwsRegion, Region
+from tests.conftest import REGIONS_FILE, RequestLog
+from tests.stubs import Reply, stub_server
+
+
+@pytest.fixture
+def key_arn_map(tmp_path: Path) -> Path:
+    """The shipped map with key ARNs instead of aliases: nothing to resolve at start."""
+    text = REGIONS_FILE.read_text().replace(":alias/residency-", ":key/00000000-0000-4000-8000-")
+    path = tmp_path / "regions.yaml"
+    path.write_text(text)
+    return path
+
+
+def unverified(regions_file: Path, endpoint_url: str) -> RouterSettings:
+    return RouterSettings(
+        regions_file=regions_file,
+        endpoint_url=endpoint_url,
+        verify_on_start="off",
+        retry_max_attempts=2,
+        retry_deadline_s=2,
+    )
+
+
+def error_reply(status: int, code: str) -> Reply:
+    body = f"<Error><Code>{code}</Code><Message>stub</Message></Error>".encode()
+    return status, {"Content-Type": "application/xml"}, body
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error"),
+    [
+        pytest.param(403, "AccessDenied", StorageError, id="access-denied"),
+        pytest.param(404, "NoSuchBucket", StorageError, id="no-such-bucket"),
+        pytest.param(400, "KMS.DisabledException", StorageError, id="disabled-key"),
+        pytest.param(301, "PermanentRedirect", ResidencyViolationError, id="redirect"),
+    ],
+)
+async def test_region_refusing_for_good_is_quarantined_with_its_reason(
+    key_arn_map: Path, status: int, code: str, error: type[Exception]
+) -> None:
+    with stub_server(lambda method, path: error_reply(status, code)) as stub:
+        async with ResidencyRouter.from_settings(unverified(key_arn_map, stub.url)) as router:
+            with pytest.raises(error):
+                await router.put("org-acme", "a.txt", b"x")
+            sent = len(stub.requests)
+            assert sent == 1, "refusals for good are not retried"
+            health = router.health()[Region.EU]
+            assert health.state == "quarantined"
+            assert code in health.reason or "redirect" in health.reason
+            with pytest.raises(error, match="quarantined"):
+                await router.get("org-acme", "a.txt")
+            assert len(stub.requests) == sent, "a quarantined region gets no request"
+            assert router.health()[Region.US].state == "ok"
+
+
+@pytest.mark.parametrize(
+    "code", ["InvalidArgument", "InvalidRequest", "EntityTooLarge", "InvalidTag"]
+)
+async def test_caller_mistakes_answered_by_s3_never_count_against_the_region(
+    key_arn_map: Path, code: str
+) -> None:
+    with stub_server(lambda method, path: error_reply(400, code)) as stub:
+        async with ResidencyRouter.from_settings(unverified(key_arn_map, stub.url)) as router:
+            for _ in range(3):
+                with pytest.raises(StorageError, match=code):
+                    await router.put("org-acme", "a.txt", b"x")
+            health = router.health()[Region.EU]
+            assert health.state == "ok"
+            assert health.failure_rate == 0.0
+            assert len(stub.requests) == 3
+
+
+@pytest.mark.parametrize(
+    ("content_type", "metadata"),
+    [
+        pytest.param("text/plain\r\nX-Evil: 1", None, id="crlf-content-type"),
+        pytest.param("text/plain\x00", None, id="nul-content-type"),
+        pytest.param("text/plaîn", None, id="non-ascii-content-type"),
+        pytest.param(None, {"note": "a\nb"}, id="lf-metadata"),
+        pytest.param(None, {"note": "x" * 3000}, id="oversized-metadata"),
+    ],
+)
+async def test_bad_headers_are_refused_before_sending_and_leave_health_alone(
+    residency_router: ResidencyRouter,
+    s3_requests: RequestLog,
+    content_type: str | None,
+    metadata: dict[str, str] | None,
+) -> None:
+    for _ in range(3):
+        with pytest.raises(InvalidArgumentError):
+            await residency_router.put(
+                "org-acme", "a.txt", b"x", content_type=content_type, metadata=metadata
+            )
+    assert len(s3_requests) == 0
+    assert residency_router.health()[Region.EU].state == "ok"
+    assert residency_router.health()[Region.EU].failure_rate == 0.0
+
+
+async def test_missing_bucket_quarantines_until_verify_passes_again(
+    residency_world: ResidencyWorld,
+) -> None:
+    settings = residency_world.settings(retry_max_attempts=1)
+    bucket = residency_world.bucket("eu")
+    async with ResidencyRouter.from_settings(settings) as router:
+        await router.put("org-acme", "before.txt", b"x")
+        s3 = residency_world.s3("eu")
+        s3.delete_bucket_lifecycle(Bucket=bucket)
+        for version in residency_world.all_versions("eu"):
+            s3.delete_object(Bucket=bucket, Key=version["Key"], VersionId=version["VersionId"])
+        s3.delete_bucket(Bucket=bucket)
+        with pytest.raises(StorageError, match="NoSuchBucket"):
+            await router.put("org-acme", "a.txt", b"x")
+        health = router.health()[Region.EU]
+        assert health.state == "quarantined"
+        assert "NoSuchBucket" in health.reason
+        with pytest.raises(StorageError, match="quarantined"):
+            await router.put("org-acme", "a.txt", b"x")
+        report = await router.verify()
+        assert not report.ok
+        assert router.health()[Region.EU].state == "quarantined"
+        s3.create_bucket(
+            Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+        )
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        report = await router.verify()
+        assert report.ok
+        assert router.health()[Region.EU].state != "quarantined"
+        await router.put("org-acme", "after.txt", b"y")
+    residency_world.assert_stored_in("org-acme", "after.txt", "eu")
+
+
+async def test_verify_leaves_a_merely_unreachable_region_as_it_was(key_arn_map: Path) -> None:
+    with stub_server(lambda method, path: error_reply(503, "ServiceUnavailable")) as stub:
+        async with ResidencyRouter.from_settings(unverified(key_arn_map, stub.url)) as router:
+            report = await router.verify()
+            assert not report.ok
+            assert router.health()[Region.EU].state == "degraded"
+            with pytest.raises(RegionUnavailableError):
+                await router.put("org-acme", "a.txt", b"x")
+            assert len(stub.requests) > 0
+
+
+def test_degraded_threshold_is_the_named_rate() -> None:
+    book = HealthBook([AwsRegion("eu-west-1")])
+    region = AwsRegion("eu-west-1")
+    failures = int(HEALTH_WINDOW * DEGRADED_FAILURE_RATE)
+    for _ in range(HEALTH_WINDOW - failures):
+        book.success(region)
+    for _ in range(failures - 1):
+        book.failure(region)
+    book.success(region)
+    assert book.health(region).state == "ok"
+    book.failure(region)
+    book.success(region)
+    assert book.health(region).state == "degraded"
+    assert book.health(region).failure_rate >= DEGRADED_FAILURE_RATE
