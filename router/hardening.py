@@ -8,8 +8,9 @@ CloudFormation intrinsics, so the same functions serve every reader.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeAlias
 
 from router.regions import RegionConfig, RetentionConfig
 from router.types import TAG_CLASS, TAG_RETENTION, DataClass, retention_tag_value
@@ -63,7 +64,10 @@ KMS_ADMIN_ACTIONS = (
     "kms:UpdateKeyDescription",
 )
 
-Value = Any
+Json: TypeAlias = str | int | float | bool | Sequence["Json"] | Mapping[str, "Json"] | None
+"""A JSON value: what CloudFormation templates, S3 configurations and IAM policies are made of."""
+
+Value: TypeAlias = str | Mapping[str, Json]
 """A literal string or a CloudFormation intrinsic (``{"Ref": ...}``, ``{"Fn::Sub": ...}``)."""
 
 
@@ -79,14 +83,14 @@ class LifecycleRule:
     expired_delete_marker: bool = False
     abort_incomplete_days: int | None = None
 
-    def to_s3(self) -> dict[str, Any]:
+    def to_s3(self) -> dict[str, Json]:
         """Return the rule in PutBucketLifecycleConfiguration's shape."""
         if self.tags:
             tag_list = [{"Key": k, "Value": v} for k, v in self.tags]
-            filter_: dict[str, Any] = {"And": {"Prefix": self.prefix, "Tags": tag_list}}
+            filter_: dict[str, Json] = {"And": {"Prefix": self.prefix, "Tags": tag_list}}
         else:
             filter_ = {"Prefix": self.prefix}
-        rule: dict[str, Any] = {"ID": self.id, "Status": "Enabled", "Filter": filter_}
+        rule: dict[str, Json] = {"ID": self.id, "Status": "Enabled", "Filter": filter_}
         if self.expiration_days is not None:
             rule["Expiration"] = {"Days": self.expiration_days}
         if self.expired_delete_marker:
@@ -99,9 +103,9 @@ class LifecycleRule:
             }
         return rule
 
-    def to_cfn(self) -> dict[str, Any]:
+    def to_cfn(self) -> dict[str, Json]:
         """Return the rule in AWS::S3::Bucket LifecycleConfiguration's shape."""
-        rule: dict[str, Any] = {"Id": self.id, "Status": "Enabled", "Prefix": self.prefix}
+        rule: dict[str, Json] = {"Id": self.id, "Status": "Enabled", "Prefix": self.prefix}
         if self.tags:
             rule["TagFilters"] = [{"Key": k, "Value": v} for k, v in self.tags]
         if self.expiration_days is not None:
@@ -210,7 +214,7 @@ def versioning() -> dict[str, str]:
     return {"Status": "Enabled"}
 
 
-def kms_encryption_rule(kms_key_arn: Value) -> dict[str, Any]:
+def kms_encryption_rule(kms_key_arn: Value) -> dict[str, Json]:
     """Default SSE-KMS under the region's key with S3 Bucket Keys (S3 API shape)."""
     return {
         "ApplyServerSideEncryptionByDefault": {
@@ -221,12 +225,12 @@ def kms_encryption_rule(kms_key_arn: Value) -> dict[str, Any]:
     }
 
 
-def log_encryption_rule() -> dict[str, Any]:
+def log_encryption_rule() -> dict[str, Json]:
     """SSE-S3 for the access-log bucket: S3 server access logs cannot target SSE-KMS."""
     return {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
 
 
-def transport_statements(bucket: str | Value) -> list[dict[str, Any]]:
+def transport_statements(bucket: str | Value) -> list[dict[str, Json]]:
     """Deny plain HTTP and TLS older than 1.2, for every principal and action."""
     resources = _bucket_resources(bucket)
     return [
@@ -249,7 +253,7 @@ def transport_statements(bucket: str | Value) -> list[dict[str, Any]]:
     ]
 
 
-def bucket_policy_statements(bucket: str | Value, kms_key_arn: Value) -> list[dict[str, Any]]:
+def bucket_policy_statements(bucket: str | Value, kms_key_arn: Value) -> list[dict[str, Json]]:
     """The data bucket's policy statements.
 
     Transport denies, then encryption denies that together leave exactly two ways to
@@ -305,14 +309,14 @@ def bucket_policy_statements(bucket: str | Value, kms_key_arn: Value) -> list[di
     ]
 
 
-def bucket_policy(bucket: str | Value, kms_key_arn: Value) -> dict[str, Any]:
+def bucket_policy(bucket: str | Value, kms_key_arn: Value) -> dict[str, Json]:
     """The data bucket's policy document."""
     return {"Version": "2012-10-17", "Statement": bucket_policy_statements(bucket, kms_key_arn)}
 
 
 def log_bucket_policy(
     log_bucket: str | Value, source_bucket_arn: Value, account: Value
-) -> dict[str, Any]:
+) -> dict[str, Json]:
     """The log bucket's policy: TLS only, and S3's logging service may deliver logs."""
     return {
         "Version": "2012-10-17",
@@ -335,7 +339,7 @@ def log_bucket_policy(
 
 def key_policy(
     account_root: Value, router_role: Value, operator_role: Value, aws_region: str
-) -> dict[str, Any]:
+) -> dict[str, Json]:
     """The key policy: no wildcard principal; crypto only through S3 in the key's region.
 
     The account root keeps administration (without it a key can become unmanageable), but a
@@ -387,7 +391,7 @@ def key_policy(
     }
 
 
-def router_policy(bucket: str | Value, kms_key_arn: Value, aws_region: str) -> dict[str, Any]:
+def router_policy(bucket: str | Value, kms_key_arn: Value, aws_region: str) -> dict[str, Json]:
     """The router role's least-privilege IAM policy: its bucket, its key, its operations."""
     return {
         "Version": "2012-10-17",

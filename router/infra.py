@@ -15,6 +15,7 @@ from router.hardening import (
     ROLE_ACCESS_LOGS,
     ROLE_DATA,
     ROLE_TAG,
+    Json,
     LifecycleRule,
     bucket_policy,
     hardened_region,
@@ -45,13 +46,14 @@ def _cfn_tags(role: str, cfg: RegionConfig) -> list[dict[str, str]]:
     ]
 
 
-def _cfn_lifecycle(rules: Iterable[LifecycleRule]) -> dict[str, Any]:
+def _cfn_lifecycle(rules: Iterable[LifecycleRule]) -> dict[str, Json]:
     return {"Rules": [rule.to_cfn() for rule in rules]}
 
 
-def _cfn_encryption(rule: Mapping[str, Any]) -> dict[str, Any]:
-    default = dict(rule["ApplyServerSideEncryptionByDefault"])
-    converted: dict[str, Any] = {"ServerSideEncryptionByDefault": default}
+def _cfn_encryption(rule: Mapping[str, Json]) -> dict[str, Json]:
+    default = rule["ApplyServerSideEncryptionByDefault"]
+    assert isinstance(default, Mapping)
+    converted: dict[str, Json] = {"ServerSideEncryptionByDefault": default}
     if "BucketKeyEnabled" in rule:
         converted["BucketKeyEnabled"] = rule["BucketKeyEnabled"]
     return {"ServerSideEncryptionConfiguration": [converted]}
@@ -61,7 +63,7 @@ def _skip(check: str, reason: str) -> dict[str, str]:
     return {"id": check, "comment": reason}
 
 
-def render_template(cfg: RegionConfig, retention: RetentionConfig) -> dict[str, Any]:
+def render_template(cfg: RegionConfig, retention: RetentionConfig) -> dict[str, Json]:
     """Return the CloudFormation template of one hardened residency region."""
     spec = hardened_region(cfg, retention)
     key_arn = {"Fn::GetAtt": [_KEY, "Arn"]}
@@ -71,7 +73,7 @@ def render_template(cfg: RegionConfig, retention: RetentionConfig) -> dict[str, 
     no_replication = _skip(
         "CKV_AWS_144", "Residency: data must never be replicated out of its region."
     )
-    resources: dict[str, Any] = {
+    resources: dict[str, Json] = {
         _KEY: {
             "Type": "AWS::KMS::Key",
             **retain,
@@ -213,7 +215,7 @@ class _PlainDumper(yaml.SafeDumper):
         return True
 
 
-def dump_template(template: Mapping[str, Any]) -> str:
+def dump_template(template: Mapping[str, Json]) -> str:
     """Return a template as YAML with the generated-file header."""
     body = yaml.dump(dict(template), Dumper=_PlainDumper, sort_keys=False, width=100)
     return GENERATED_HEADER + body

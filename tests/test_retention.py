@@ -374,24 +374,36 @@ async def test_non_opted_in_org_lists_nothing_for_training(
     assert len(requests_sent) == 0
 
 
+class EditableDirectory:
+    """A caller's own directory whose records the test edits between calls."""
+
+    def __init__(self, records: dict[str, OrgResidency]) -> None:
+        self.records = records
+
+    async def lookup(self, org_id: OrgId) -> OrgResidency:
+        try:
+            return self.records[org_id]
+        except KeyError:
+            raise UnknownOrgError(org_id) from None
+
+
 async def test_training_listing_checks_org_now_and_object_tag(
     residency_world: ResidencyWorld, clock: FrozenClock
 ) -> None:
-    records = dict(ORGS)
-    directory = StaticOrgDirectory(records)
+    directory = EditableDirectory(dict(ORGS))
     async with ResidencyRouter.from_settings(
         residency_world.settings(), directory=directory, clock=clock
     ) as r:
         for i in range(3):
             await r.put("org-lark", f"in/{i}.txt", b"x")
         # Opt out: later writes carry opt-out, earlier objects stay opt-in on their tag.
-        directory._orgs["org-lark"] = org(
+        directory.records["org-lark"] = org(
             "org-lark", Region.CA, retention_days=7, training_opt_in=False
         )
         r.invalidate("org-lark")
         assert [o async for o in r.list_training_eligible("org-lark")] == []
         await r.put("org-lark", "out/written-opted-out.txt", b"x")
-        directory._orgs["org-lark"] = ORGS["org-lark"]
+        directory.records["org-lark"] = ORGS["org-lark"]
         r.invalidate("org-lark")
         # Planted under org-lark's prefix with another org's tag: never listed.
         ca = residency_world.s3("ca")
