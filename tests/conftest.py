@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from router.config import RouterSettings
 from router.routing import ResidencyRouter
 from router.types import Region
 
@@ -66,3 +67,19 @@ def without_bucket_default_encryption(world: ResidencyWorld, *regions: str) -> N
     """
     for region in regions or tuple(cfg.region.value for cfg in world.region_map):
         world.s3(region).delete_bucket_encryption(Bucket=world.bucket(region))
+
+
+@pytest.fixture
+def key_arn_map(tmp_path: Path) -> Path:
+    """The shipped map with key ARNs instead of aliases: nothing to resolve at start."""
+    text = REGIONS_FILE.read_text().replace(":alias/residency-", ":key/00000000-0000-4000-8000-")
+    path = tmp_path / "regions.yaml"
+    path.write_text(text)
+    return path
+
+
+def unverified(regions_file: Path, endpoint_url: str, **overrides: Any) -> RouterSettings:
+    """Settings for a router against a stub endpoint: no verification, short retries."""
+    values: dict[str, Any] = {"verify_on_start": "off", "retry_deadline_s": 2}
+    values.update(overrides)
+    return RouterSettings(regions_file=regions_file, endpoint_url=endpoint_url, **values)

@@ -9,18 +9,8 @@ from router.errors import RegionUnavailableError, ResidencyViolationError
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
 from router.types import Region
-from tests.conftest import REGIONS_FILE
+from tests.conftest import REGIONS_FILE, unverified
 from tests.stubs import Reply, stub_server
-
-
-@pytest.fixture
-def key_arn_map(tmp_path: Path) -> Path:
-    """The shipped map with key ARNs instead of aliases: nothing to resolve at start."""
-    text = REGIONS_FILE.read_text().replace(":alias/residency-", ":key/00000000-0000-4000-8000-")
-    path = tmp_path / "regions.yaml"
-    path.write_text(text)
-    return path
-
 
 PERMANENT_REDIRECT = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>PermanentRedirect</Code>'
@@ -28,12 +18,6 @@ PERMANENT_REDIRECT = (
     b"endpoint.</Message><Endpoint>residency-example-eu.s3.us-west-2.amazonaws.com</Endpoint>"
     b"<Bucket>residency-example-eu</Bucket></Error>"
 )
-
-
-def unverified(regions_file: Path, endpoint_url: str, **overrides: object) -> RouterSettings:
-    values: dict[str, object] = {"verify_on_start": "off", "retry_deadline_s": 2}
-    values.update(overrides)
-    return RouterSettings(regions_file=regions_file, endpoint_url=endpoint_url, **values)  # type: ignore[arg-type]
 
 
 def permanent_redirect(method: str, path: str) -> Reply:

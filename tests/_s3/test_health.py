@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from router._s3.health import DEGRADED_FAILURE_RATE, HEALTH_WINDOW, HealthBook
-from router.config import RouterSettings
 from router.errors import (
     InvalidArgumentError,
     RegionUnavailableError,
@@ -17,27 +16,8 @@ from router.errors import (
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
 from router.types import AwsRegion, Region
-from tests.conftest import REGIONS_FILE, RequestLog
+from tests.conftest import RequestLog, unverified
 from tests.stubs import Reply, stub_server
-
-
-@pytest.fixture
-def key_arn_map(tmp_path: Path) -> Path:
-    """The shipped map with key ARNs instead of aliases: nothing to resolve at start."""
-    text = REGIONS_FILE.read_text().replace(":alias/residency-", ":key/00000000-0000-4000-8000-")
-    path = tmp_path / "regions.yaml"
-    path.write_text(text)
-    return path
-
-
-def unverified(regions_file: Path, endpoint_url: str) -> RouterSettings:
-    return RouterSettings(
-        regions_file=regions_file,
-        endpoint_url=endpoint_url,
-        verify_on_start="off",
-        retry_max_attempts=2,
-        retry_deadline_s=2,
-    )
 
 
 def error_reply(status: int, code: str) -> Reply:
@@ -58,7 +38,9 @@ async def test_region_refusing_for_good_is_quarantined_with_its_reason(
     key_arn_map: Path, status: int, code: str, error: type[Exception]
 ) -> None:
     with stub_server(lambda method, path: error_reply(status, code)) as stub:
-        async with ResidencyRouter.from_settings(unverified(key_arn_map, stub.url)) as router:
+        async with ResidencyRouter.from_settings(
+            unverified(key_arn_map, stub.url, retry_max_attempts=2)
+        ) as router:
             with pytest.raises(error):
                 await router.put("org-acme", "a.txt", b"x")
             sent = len(stub.requests)
@@ -79,7 +61,9 @@ async def test_caller_mistakes_answered_by_s3_never_count_against_the_region(
     key_arn_map: Path, code: str
 ) -> None:
     with stub_server(lambda method, path: error_reply(400, code)) as stub:
-        async with ResidencyRouter.from_settings(unverified(key_arn_map, stub.url)) as router:
+        async with ResidencyRouter.from_settings(
+            unverified(key_arn_map, stub.url, retry_max_attempts=2)
+        ) as router:
             for _ in range(3):
                 with pytest.raises(StorageError, match=code):
                     await router.put("org-acme", "a.txt", b"x")
@@ -150,7 +134,9 @@ async def test_missing_bucket_quarantines_until_verify_passes_again(
 
 async def test_verify_leaves_a_merely_unreachable_region_as_it_was(key_arn_map: Path) -> None:
     with stub_server(lambda method, path: error_reply(503, "ServiceUnavailable")) as stub:
-        async with ResidencyRouter.from_settings(unverified(key_arn_map, stub.url)) as router:
+        async with ResidencyRouter.from_settings(
+            unverified(key_arn_map, stub.url, retry_max_attempts=2)
+        ) as router:
             report = await router.verify()
             assert not report.ok
             assert router.health()[Region.EU].state == "degraded"
