@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from router._aws import Transport, new_aio_session, open_aio_client
 from router._retry import RetryPolicy
@@ -16,6 +16,9 @@ from router.errors import DirectoryUnavailableError, ResidencyError, UnknownOrgE
 from router.inputs import org_record
 from router.regions import RegionMap
 from router.types import OrgId, OrgResidency, Region
+
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb import DynamoDBClient
 
 RecordCheck = Callable[[object], tuple[OrgResidency | None, list[str]]]
 
@@ -336,7 +339,7 @@ class DynamoDBOrgDirectory:
         self._retry = RetryPolicy(2, timeout_s)
         self._map = region_map
         self._stack = contextlib.AsyncExitStack()
-        self._client: Any = None
+        self._client: DynamoDBClient | None = None
 
     async def __aenter__(self) -> DynamoDBOrgDirectory:
         self._client = await self._stack.enter_async_context(
@@ -352,7 +355,7 @@ class DynamoDBOrgDirectory:
         self._client = None
         await self._stack.aclose()
 
-    def _require(self) -> Any:
+    def _require(self) -> DynamoDBClient:
         if self._client is None:
             raise RuntimeError("DynamoDBOrgDirectory is not open (use 'async with')")
         return self._client
