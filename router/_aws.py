@@ -23,7 +23,7 @@ import asyncio
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import Any, Literal, overload
 
 import aiohttp
 import boto3
@@ -33,18 +33,12 @@ from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
 from botocore.utils import S3RegionRedirectorv2
 
-from router.config import RouterSettings
-from router.errors import ResidencyViolationError, StorageError
+from router.config import RouterSettings, endpoint_url_problem, proxy_url_problem
+from router.errors import ConfigError, ResidencyViolationError, StorageError
 from router.guards import response_violation, s3_head_probe
 from router.types import AwsRegion
 
-if TYPE_CHECKING:
-    from types_aiobotocore_dynamodb import DynamoDBClient
-    from types_aiobotocore_kms import KMSClient
-    from types_aiobotocore_s3 import S3Client
-
 Service = Literal["s3", "kms", "dynamodb"]
-ClientFactory = Callable[..., Any]
 
 USER_AGENT = "residency-router"
 BOTO_RETRIES = {"total_max_attempts": 1, "mode": "standard"}
@@ -59,6 +53,19 @@ class Transport:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     max_pool_connections: int = 10
+
+    def __post_init__(self) -> None:
+        # The rules hold for every client, not only for those made from RouterSettings.
+        problems = [
+            problem
+            for problem in (
+                self.endpoint_url and endpoint_url_problem(self.endpoint_url),
+                self.proxy_url and proxy_url_problem(self.proxy_url),
+            )
+            if problem
+        ]
+        if problems:
+            raise ConfigError(problems)
 
     @classmethod
     def from_settings(cls, settings: RouterSettings) -> Transport:
@@ -335,9 +342,3 @@ def boto3_client(
         **(credentials or {}),
     )
     return _harden(client, service, aws_region, None)
-
-
-if TYPE_CHECKING:
-    AnyS3Client = S3Client
-    AnyKMSClient = KMSClient
-    AnyDynamoDBClient = DynamoDBClient

@@ -46,6 +46,16 @@ class Resolver:
         self._map = region_map
         self._key_arns = key_arns
 
+    def key_arn(self, region: Region) -> str | None:
+        """The key ARN in use for a region, if any yet."""
+        return self._key_arns.get(region)
+
+    def rekey(self, key_arns: Mapping[Region, str]) -> None:
+        """Use these key ARNs from now on (verification resolved them anew)."""
+        if dict(self._key_arns) != dict(key_arns):
+            self._key_arns = dict(key_arns)
+            self._directory.forget_derived()
+
     @property
     def directory(self) -> CachedOrgDirectory:
         """The cached directory behind this resolver."""

@@ -76,23 +76,18 @@ async def start(
     )
     stack.push_async_callback(directory.aclose)
     clients = await stack.enter_async_context(RegionClients(region_map, settings))
-    key_arns: dict[Region, str] = {}
     wiring = Wiring(
         region_map,
         clients,
         ObjectStore(clients, settings),
         BulkStore(clients),
-        Resolver(directory, region_map, key_arns),
+        Resolver(directory, region_map, {}),
         RetentionSweeper(BulkStore(clients), region_map),
     )
     if settings.verify_on_start == "off":
         checks = await _resolve_keys(wiring)
     else:
         checks = await check_regions(wiring)
-    for cfg in region_map:
-        # A quarantined region keeps its configured ARN: placement still resolves and
-        # its operations are refused by the health book.
-        key_arns[cfg.region] = checks[cfg.region].key_arn or cfg.kms_key
     apply_checks(wiring, checks, settings.verify_on_start)
     return wiring
 
@@ -120,6 +115,16 @@ def apply_checks(
     )
     if verdict.error is not None:
         raise verdict.error
+    # Key ARNs as verification resolved them (an alias may point to a new key now). A region
+    # whose key could not be resolved keeps its configured ARN: placement still resolves and
+    # the health book refuses its operations.
+    current = {cfg.region: wiring.resolver.key_arn(cfg.region) for cfg in wiring.region_map}
+    wiring.resolver.rekey(
+        {
+            cfg.region: checks[cfg.region].key_arn or current[cfg.region] or cfg.kms_key
+            for cfg in wiring.region_map
+        }
+    )
     health = wiring.clients.health
     for cfg in wiring.region_map:
         problem = verdict.quarantine.get(cfg.region)

@@ -145,6 +145,13 @@ class OperationAudit:
         self.data_class = data_class
         self.key = key
 
+    def active(self) -> contextlib.AbstractContextManager[object]:
+        """Make the span current while the block runs (a generator's own work, not its caller's)."""
+        span = self._span
+        if span is None:
+            return contextlib.nullcontext()
+        return _trace.use_span(span, end_on_exit=False)
+
     def acting(self) -> None:
         """From here on the operation acts: a failure is an ``error``, not a refusal."""
         self._acting = True

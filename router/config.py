@@ -29,6 +29,39 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def endpoint_url_problem(value: str) -> str | None:
+    """What is wrong with an endpoint URL for AWS clients, or None (https, or loopback http)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "endpoint_url must be an http(s) URL with a host"
+    if parts.username or parts.password:
+        return "endpoint_url must not carry credentials"
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        return (
+            "endpoint_url may use plain http only for a loopback host "
+            f"(127.0.0.1, ::1, localhost); use https for {parts.hostname!r}"
+        )
+    return None
+
+
+def proxy_url_problem(value: str) -> str | None:
+    """What is wrong with a proxy URL, or None (https, or plain http on loopback).
+
+    The value may carry proxy credentials: the message never repeats it.
+    """
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "proxy_url must be an https URL with a host"
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        return (
+            "proxy_url must use https (plain http only for a loopback proxy): a plain "
+            "http proxy would read every request's headers and body"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "proxy_url must name only scheme, host and port"
+    return None
+
+
 class RouterSettings(BaseSettings):
     """Settings of one router; every field can come from a ``RESIDENCY_<FIELD>`` variable.
 
@@ -65,16 +98,9 @@ class RouterSettings(BaseSettings):
     def _check_endpoint_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"endpoint_url must be an http(s) URL with a host, got {value!r}")
-        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-            raise ValueError(
-                "endpoint_url may use plain http only for a loopback host "
-                f"(127.0.0.1, ::1, localhost); use https for {parts.hostname!r}"
-            )
-        if parts.username or parts.password:
-            raise ValueError("endpoint_url must not carry credentials")
+        problem = endpoint_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value.rstrip("/")
 
     @field_validator("proxy_url")
@@ -82,17 +108,9 @@ class RouterSettings(BaseSettings):
     def _check_proxy_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        # The value may carry proxy credentials: never repeat it in a message.
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("proxy_url must be an https URL with a host")
-        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-            raise ValueError(
-                "proxy_url must use https (plain http only for a loopback proxy): a plain "
-                "http proxy would read every request's headers and body"
-            )
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError("proxy_url must name only scheme, host and port")
+        problem = proxy_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value.rstrip("/")
 
     @field_validator("directory_table")

@@ -159,6 +159,8 @@ class DriftChecker:
                 problem = f"unreachable: {type(exc).__name__}"
             except ResidencyError as exc:
                 problem = f"refused: {exc}"
+            except Exception as exc:  # an answer of the wrong shape: report it, go on
+                problem = f"unreadable answer ({type(exc).__name__})"
             results.append(CheckResult(region, name, problem is None, problem or ""))
         return results
 
@@ -166,10 +168,10 @@ class DriftChecker:
 
     def _key(self, kms: Any, cfg: RegionConfig) -> dict[str, Any] | None:
         try:
-            meta: dict[str, Any] = kms.describe_key(KeyId=cfg.kms_key)["KeyMetadata"]
-        except (ClientError, BotoCoreError, ResidencyError):
+            meta = kms.describe_key(KeyId=cfg.kms_key)["KeyMetadata"]
+        except Exception:  # refused, unreachable or malformed: every key check says so
             return None
-        return meta
+        return meta if isinstance(meta, dict) else None
 
     def _location(self, s3: Any, cfg: RegionConfig) -> str | None:
         found = s3.get_bucket_location(Bucket=cfg.bucket).get("LocationConstraint")
@@ -281,7 +283,11 @@ class DriftChecker:
         if found is None:
             return "no bucket policy"
         live = json.loads(found["Policy"])
+        if not isinstance(live, Mapping):
+            return "the bucket policy is not a JSON object"
         statements = live.get("Statement", [])
+        if not isinstance(statements, list):
+            statements = [statements]
         by_sid = {s.get("Sid"): s for s in statements if isinstance(s, Mapping)}
         problems = []
         for expected in bucket_policy_statements(spec.bucket, key_arn or spec.cfg.kms_key):

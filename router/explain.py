@@ -35,8 +35,11 @@ def explain(
     """Return the decision the router would take for one operation, with the rule behind each part.
 
     Raises:
+        TypeError: an endpoint that is not a str.
         InvalidArgumentError: ``record_exchange`` or ``route_processing`` without an endpoint.
     """
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise TypeError(f"endpoint must be a str, got {type(endpoint).__name__}")
     rules = {
         "placement": (
             f"org {org.org_id} has residency region {org.region.value}: its data lives only in "

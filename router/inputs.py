@@ -40,8 +40,20 @@ def parse_org_id(value: object) -> OrgId:
         return value  # type: ignore[return-value]
     if not isinstance(value, str):
         raise TypeError(f"org id must be a str, got {type(value).__name__}")
+    value = plain_str(value)
+    if _ORG_ID_MATCH(value):
+        return OrgId(value)
     problem = org_id_problem(value) or "org id is not valid"
     raise InvalidKeyError(f"{problem}; nothing was sent")
+
+
+def plain_str(value: str) -> str:
+    """The characters of ``value`` as an exact ``str``.
+
+    A ``str`` subclass can override ``__str__``, ``__format__`` or ``__eq__``: what is checked
+    must be exactly what is used to build keys and tags.
+    """
+    return value if value.__class__ is str else str.__str__(value)
 
 
 def parse_data_class(value: object) -> DataClass:
@@ -103,7 +115,20 @@ def parse_now(value: object) -> datetime:
         raise TypeError(f"expected a timezone-aware datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidArgumentError("the datetime needs a timezone (UTC); nothing was done")
-    return value.astimezone(UTC)
+    try:
+        moment = value.astimezone(UTC)
+    except OverflowError:
+        moment = None
+    if moment is None or not EARLIEST <= moment <= LATEST:
+        raise InvalidArgumentError(
+            f"the datetime must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} UTC; "
+            "nothing was done"
+        )
+    return moment
+
+
+EARLIEST = datetime(1970, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 MAX_METADATA_BYTES = 2048  # S3's limit on user metadata, names and values together
@@ -258,6 +283,8 @@ def object_key(org_id: OrgId, data_class: DataClass, key: str) -> str:
     Raises:
         InvalidKeyError: the key breaks a key rule or the full key exceeds 1024 bytes.
     """
+    if isinstance(key, str):
+        key = plain_str(key)
     problem = key_problem(key)
     if problem is not None:
         raise InvalidKeyError(f"{problem}; nothing was sent")
@@ -388,7 +415,7 @@ def org_record(
         return None, problems
     return (
         OrgResidency(
-            org_id=OrgId(str(org_id)),
+            org_id=OrgId(plain_str(org_id)),  # type: ignore[arg-type]
             region=Region(str(region)),
             processing_region=None if pin is None else Region(str(pin)),
             retention_days=int(days),

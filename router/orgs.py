@@ -138,6 +138,11 @@ class CachedOrgDirectory:
             return None
         return entry.derived
 
+    def forget_derived(self) -> None:
+        """Drop every derived value (what they were derived from besides records changed)."""
+        for entry in self._entries.values():
+            entry.derived = None
+
     def derive(self, record: OrgResidency, value: Any) -> None:
         """Keep ``value`` beside ``record`` while that record is the cached one."""
         entry = self._entries.get(record.org_id)
@@ -215,18 +220,20 @@ class CachedOrgDirectory:
                 f"org directory returned {type(record).__name__} for {org_id!r}, "
                 "not an OrgResidency; nothing was sent"
             )
-        if record.org_id != org_id:
+        checked = record
+        if self._check is not None:
+            valid, problems = self._check(record)
+            if valid is None:
+                raise DirectoryUnavailableError(
+                    f"org directory returned a bad record for {org_id!r}; nothing was sent: "
+                    + "; ".join(f"{org_id}{problem}" for problem in problems)
+                )
+            checked = valid
+        # Compared after validation, as exact strings: a str subclass cannot pass for another.
+        if checked.org_id.__class__ is not str or str.__eq__(checked.org_id, org_id) is not True:
             raise DirectoryUnavailableError(
                 f"org directory answered for another org when asked for {org_id!r}; "
                 "nothing was sent"
-            )
-        if self._check is None:
-            return record
-        checked, problems = self._check(record)
-        if checked is None:
-            raise DirectoryUnavailableError(
-                f"org directory returned a bad record for {org_id!r}; nothing was sent: "
-                + "; ".join(f"{org_id}{problem}" for problem in problems)
             )
         return checked
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from router.errors import (
     DirectoryUnavailableError,
+    InvalidArgumentError,
     InvalidKeyError,
     ProcessingNotEligibleError,
     RegionUnavailableError,
@@ -20,7 +21,7 @@ from router.errors import (
     ResidencyViolationError,
     StorageError,
 )
-from router.inputs import object_key, org_prefix, split_object_key
+from router.inputs import object_key, org_prefix, plain_str, split_object_key
 from router.regions import EndpointRule, RegionMap
 from router.types import (
     KEY_ROOT,
@@ -224,9 +225,14 @@ def endpoint_rule(region_map: RegionMap, endpoint: object) -> EndpointRule:
     """Return the rule of a listed processing endpoint.
 
     Raises:
+        TypeError: the endpoint is not a str.
         ProcessingNotEligibleError: the endpoint is not listed (exact paths only).
     """
-    rule = region_map.processing.endpoints.get(endpoint) if isinstance(endpoint, str) else None
+    if not isinstance(endpoint, str):
+        raise TypeError(
+            f"endpoint must be a str such as /v1/chat/completions, got {type(endpoint).__name__}"
+        )
+    rule = region_map.processing.endpoints.get(plain_str(endpoint))
     if rule is None:
         listed = ", ".join(sorted(region_map.processing.endpoints)) or "none"
         raise ProcessingNotEligibleError(
@@ -400,12 +406,19 @@ def _iso(moment: datetime) -> str:
     return _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def erase_target(org_id: OrgId, record: OrgResidency | None, named: Region | None) -> Region:
+def erase_target(
+    org_id: OrgId, record: OrgResidency | None, named: Region | None, configured: Collection[Region]
+) -> Region:
     """Decide where an erasure runs: the directory's region, or the one named for a gone org.
 
     Raises:
         ResidencyViolationError: ``named`` contradicts the directory; nothing is deleted.
+        InvalidArgumentError: ``named`` is not a region of the map.
     """
+    if named is not None and named not in configured:
+        raise InvalidArgumentError(
+            f"erase_org: region {named.value} is not in the region map; nothing was deleted"
+        )
     if record is None:
         assert named is not None  # the caller re-raises UnknownOrgError otherwise
         return named

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from router import _startup
 from router._resolve import Resolved, checked_key
@@ -52,6 +53,8 @@ from router.types import (
     WriteReceipt,
 )
 
+T = TypeVar("T")
+
 
 class ResidencyRouter(RouterLifecycle):
     """Routes every org's data to its residency region, and nowhere else.
@@ -60,9 +63,8 @@ class ResidencyRouter(RouterLifecycle):
     loads the region map, makes one client per AWS region, resolves KMS aliases and runs
     ``verify()`` as ``settings.verify_on_start`` says.
 
-    Every public operation emits exactly one audit event (``ok``, ``skipped``, ``refused``,
-    ``error``, or ``partial`` for a stream closed early) and, with OpenTelemetry configured,
-    one span around the whole operation. Each is resolve, audit, act.
+    Each operation is resolve, audit, act: exactly one audit event per call (``ok``,
+    ``skipped``, ``refused``, ``error``, ``partial``) and one span around the whole of it.
     """
 
     async def verify(self) -> VerifyReport:
@@ -71,8 +73,8 @@ class ResidencyRouter(RouterLifecycle):
         The report lists problems per region; it does not raise for them. A region with a
         violation or a refusal is quarantined; one that passes is released.
         """
-        wiring = self._open()
         with self._audit.operation("verify") as op:
+            wiring = self._open()
             op.acting()
             checks = await _startup.check_regions(wiring)
             _startup.apply_checks(wiring, checks, "verify")
@@ -86,8 +88,8 @@ class ResidencyRouter(RouterLifecycle):
             UnknownOrgError: the org is not in the directory.
             DirectoryUnavailableError: the directory failed or returned a bad record.
         """
-        wiring = self._open()
         with self._audit.operation("resolve", org_id) as op:
+            wiring = self._open()
             resolved = await self._resolved(wiring, parse_org_id(org_id))
             op.at(resolved.place.region.value)
         return resolved.place
@@ -135,8 +137,8 @@ class ResidencyRouter(RouterLifecycle):
             StorageError: S3 or KMS refused for good.
             RegionUnavailableError: the region failed after retries; retry there later.
         """
-        wiring = self._open()
         with self._audit.operation("put", org_id) as op:
+            wiring = self._open()
             if body.__class__ is not bytes:
                 _check_body(body)
             decision = await self._plan_put(org_id, key, data_class, metadata, content_type)
@@ -163,8 +165,8 @@ class ResidencyRouter(RouterLifecycle):
             ResidencyViolationError: the object is not under the region's key.
             ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
         """
-        wiring = self._open()
         with self._audit.operation("get", org_id) as op:
+            wiring = self._open()
             org, cls, full = checked_key(org_id, key, data_class)
             resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
             place = _acting_on(op, resolved, cls, full)
@@ -172,7 +174,7 @@ class ResidencyRouter(RouterLifecycle):
             op.bytes = len(data)
         return data
 
-    async def stream(
+    def stream(
         self, org_id: str, key: str, *, data_class: DataClass | str = DataClass.FILES
     ) -> AsyncGenerator[bytes, None]:
         """Yield an object's bytes in chunks (not awaited: ``async for c in router.stream(...)``).
@@ -185,23 +187,41 @@ class ResidencyRouter(RouterLifecycle):
             ResidencyViolationError: the object is not under the region's key.
             ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
         """
-        wiring = self._open()
-        with self._audit.operation("stream", org_id, current=False) as op:
-            org, cls, full = checked_key(org_id, key, data_class)
-            resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
-            place = _acting_on(op, resolved, cls, full)
-            op.bytes = 0
-            chunks = wiring.objects.stream(place, full)
+        return self._relay("stream", org_id, lambda op: self._stream(op, org_id, key, data_class))
+
+    async def _relay(
+        self,
+        name: str,
+        org_id: object,
+        produce: Callable[[OperationAudit], AsyncGenerator[T, None]],
+    ) -> AsyncGenerator[T, None]:
+        """Audit a streamed operation: one event when the iteration ends, however it ends."""
+        with self._audit.operation(name, org_id, current=False) as op:
+            source = produce(op)
             try:
-                async for chunk in chunks:
-                    op.bytes += len(chunk)
-                    try:
-                        yield chunk
-                    except GeneratorExit:
-                        op.partial()
-                        raise
+                while (item := await _step(op, source)) is not None:
+                    yield item
+            except (GeneratorExit, asyncio.CancelledError):
+                op.partial()
+                raise
             finally:
-                await chunks.aclose()
+                await source.aclose()
+
+    async def _stream(
+        self, op: OperationAudit, org_id: str, key: str, data_class: DataClass | str
+    ) -> AsyncGenerator[bytes, None]:
+        wiring = self._open()
+        org, cls, full = checked_key(org_id, key, data_class)
+        resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
+        place = _acting_on(op, resolved, cls, full)
+        op.bytes = 0
+        chunks = wiring.objects.stream(place, full)
+        try:
+            async for chunk in chunks:
+                op.bytes += len(chunk)
+                yield chunk
+        finally:
+            await chunks.aclose()
 
     async def head(
         self, org_id: str, key: str, *, data_class: DataClass | str = DataClass.FILES
@@ -213,8 +233,8 @@ class ResidencyRouter(RouterLifecycle):
             ResidencyViolationError: the object is not under the region's key.
             ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
         """
-        wiring = self._open()
         with self._audit.operation("head", org_id) as op:
+            wiring = self._open()
             org, cls, full = checked_key(org_id, key, data_class)
             resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
             place = _acting_on(op, resolved, cls, full)
@@ -229,15 +249,15 @@ class ResidencyRouter(RouterLifecycle):
         Raises:
             ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
         """
-        wiring = self._open()
         with self._audit.operation("delete", org_id) as op:
+            wiring = self._open()
             org, cls, full = checked_key(org_id, key, data_class)
             resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
             place = _acting_on(op, resolved, cls, full)
             count = await wiring.bulk.delete_object(place, full)
         return DeleteReceipt(place.org_id, place.region, key, count)
 
-    async def list(
+    def list(
         self,
         org_id: str,
         *,
@@ -249,14 +269,9 @@ class ResidencyRouter(RouterLifecycle):
         Raises:
             ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
         """
-        wiring = self._open()
-        with self._audit.operation("list", org_id, current=False) as op:
-            async for info in self._list(wiring, op, org_id, data_class, prefix):
-                try:
-                    yield info
-                except GeneratorExit:
-                    op.partial()
-                    raise
+        return self._relay(
+            "list", org_id, lambda op: self._list(self._open(), op, org_id, data_class, prefix)
+        )
 
     async def _list(
         self,
@@ -287,13 +302,12 @@ class ResidencyRouter(RouterLifecycle):
         """Return where a processing call for ``endpoint`` must go; sends no S3 request.
 
         Raises:
-            TypeError, InvalidKeyError, UnknownOrgError, DirectoryUnavailableError: as for
-                ``put``.
             ProcessingNotEligibleError: the endpoint is not listed, or not regional for an
                 org that pins its processing.
+            ResidencyError: as for ``put`` (bad input, unknown org, directory failures).
         """
-        wiring = self._open()
         with self._audit.operation("route_processing", org_id) as op:
+            wiring = self._open()
             resolved = await self._resolved(wiring, parse_org_id(org_id))
             route = decide_processing(resolved.record, wiring.region_map, endpoint)
             op.at(route.region.value)
@@ -308,14 +322,11 @@ class ResidencyRouter(RouterLifecycle):
         ``stored=False`` and the reason; nothing at all is sent to S3 for them.
 
         Raises:
-            TypeError: a body that is not bytes-like.
-            InvalidKeyError: bad org id.
             ProcessingNotEligibleError: the endpoint is not listed.
-            UnknownOrgError, DirectoryUnavailableError: as for ``put``.
-            ResidencyViolationError, StorageError, RegionUnavailableError: as for ``put``.
+            ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
         """
-        wiring = self._open()
         with self._audit.operation("record_exchange", org_id) as op:
+            wiring = self._open()
             org = parse_org_id(org_id)
             for name, body in (("request", request), ("response", response)):
                 if not isinstance(body, bytes | bytearray | memoryview):
@@ -355,8 +366,8 @@ class ResidencyRouter(RouterLifecycle):
             InvalidArgumentError: ``now`` has no timezone.
             ResidencyError: a region failed; every region was attempted first.
         """
-        wiring = self._open()
         with self._audit.operation("purge") as op:
+            wiring = self._open()
             moment = parse_now(self._clock() if now is None else now)
             op.data_class = DataClass.INPUTS_OUTPUTS.value
             op.acting()
@@ -377,16 +388,13 @@ class ResidencyRouter(RouterLifecycle):
         directory; for a known org it must agree with the directory. Erasing twice is safe.
 
         Raises:
-            TypeError: an argument has the wrong Python type.
-            InvalidKeyError: bad org id.
-            InvalidArgumentError: bad data class or region code.
             UnknownOrgError: the org is not in the directory and no ``region`` was given.
             ResidencyViolationError: ``region`` contradicts the directory.
-            DirectoryUnavailableError: the directory failed; nothing was deleted.
-            StorageError, RegionUnavailableError: S3 refused or failed.
+            InvalidArgumentError: bad data class, or a region the map does not configure.
+            ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
         """
-        wiring = self._open()
         with self._audit.operation("erase", org_id) as op:
+            wiring = self._open()
             org = parse_org_id(org_id)
             cls = None if data_class is None else parse_data_class(data_class)
             named = None if region is None else parse_region(region)
@@ -397,14 +405,14 @@ class ResidencyRouter(RouterLifecycle):
                 if named is None:
                     raise
                 record = None
-            target = erase_target(org, record, named)
+            target = erase_target(org, record, named, wiring.region_map.regions)
             op.region = target.value
             op.acting()
             receipt = await wiring.sweeper.erase(wiring.region_map.region(target), org, target, cls)
             op.items = receipt.versions_deleted
         return receipt
 
-    async def list_training_eligible(self, org_id: str) -> AsyncGenerator[ObjectInfo, None]:
+    def list_training_eligible(self, org_id: str) -> AsyncGenerator[ObjectInfo, None]:
         """Yield the org's objects that may be used for training.
 
         An object is yielded only if the org is opted in now and the object's own
@@ -412,27 +420,21 @@ class ResidencyRouter(RouterLifecycle):
         object, with bounded concurrency.
 
         Raises:
-            TypeError, InvalidKeyError, UnknownOrgError, DirectoryUnavailableError: as for
-                ``put``.
-            StorageError, RegionUnavailableError: S3 refused or failed.
+            ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
         """
+        return self._relay("list_training_eligible", org_id, lambda op: self._training(op, org_id))
+
+    async def _training(self, op: OperationAudit, org_id: str) -> AsyncGenerator[ObjectInfo, None]:
         wiring = self._open()
-        with self._audit.operation("list_training_eligible", org_id, current=False) as op:
-            resolved = await self._resolved(wiring, parse_org_id(org_id))
-            record, place = resolved.record, resolved.place
-            op.at(place.region.value)
-            op.acting()
-            op.items = 0
-            if not record.training_opt_in:
-                return
-            listing = self._list(wiring, _Quiet(), record.org_id, None, "")
-            async for item in training_eligible(wiring.objects, record, place, listing):
-                op.items += 1
-                try:
-                    yield item
-                except GeneratorExit:
-                    op.partial()
-                    raise
+        resolved = await self._resolved(wiring, parse_org_id(org_id))
+        record, place = resolved.record, resolved.place
+        op.at(place.region.value)
+        op.acting()
+        op.items = 0
+        listing = self._list(wiring, _Quiet(), record.org_id, None, "")
+        async for item in training_eligible(wiring.objects, record, place, listing):
+            op.items += 1
+            yield item
 
     async def explain(
         self,
@@ -447,13 +449,11 @@ class ResidencyRouter(RouterLifecycle):
         Sends no S3 request (it reads the org directory, through the cache).
 
         Raises:
-            TypeError: an argument has the wrong Python type.
-            InvalidKeyError: bad org id.
             InvalidArgumentError: bad operation or data class, or a missing endpoint.
-            UnknownOrgError, DirectoryUnavailableError: as for ``put``.
+            ResidencyError: as for ``put`` (bad input, unknown org, directory failures).
         """
-        wiring = self._open()
         with self._audit.operation("explain", org_id) as op:
+            wiring = self._open()
             org = parse_org_id(org_id)
             op_kind = parse_operation(operation)
             cls = None if data_class is None else parse_data_class(data_class)
@@ -475,11 +475,14 @@ class _Quiet:
 
     items: int | None = None
 
-    def at(self, *_: object) -> None:
-        return None
+    def at(self, *_: object) -> None: ...
+    def acting(self) -> None: ...
 
-    def acting(self) -> None:
-        return None
+
+async def _step(op: OperationAudit, source: AsyncIterator[T]) -> T | None:
+    """The next item of ``source``, its work inside the operation's span; None at the end."""
+    with op.active():
+        return await anext(source, None)
 
 
 def _acting_on(op: OperationAudit, resolved: Resolved, cls: DataClass, full: str) -> Placement:

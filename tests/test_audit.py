@@ -1,17 +1,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import date
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -30,6 +35,9 @@ from router.errors import (
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
 from router.types import Region
+from tests.conftest import unverified
+
+MiB = 1024 * 1024
 
 
 class Events(logging.Handler):
@@ -295,3 +303,133 @@ async def test_span_encloses_the_operation_and_its_requests(
     assert refused.attributes is not None
     assert refused.attributes["error.type"] == "InvalidKeyError"
     assert refused.attributes["residency.outcome"] == "refused"
+
+
+async def test_streamed_operations_nest_their_requests_under_their_span(
+    residency_world: ResidencyWorld, spans: InMemorySpanExporter
+) -> None:
+    spans.clear()
+    seen: list[int] = []
+
+    def current_span_id(request: Any, **_: Any) -> None:
+        seen.append(trace.get_current_span().get_span_context().span_id)
+
+    async with ResidencyRouter.from_settings(residency_world.settings()) as router:
+        await router.put("org-lark", "a.txt", b"x")
+        router.storage.register("before-send.s3", current_span_id)
+        with trace.get_tracer("test").start_as_current_span("caller") as caller:
+            async for _ in router.stream("org-lark", "a.txt"):
+                # The caller's own work between chunks is not inside the stream's span.
+                assert trace.get_current_span() is caller
+            stream_requests = list(seen)
+            seen.clear()
+            async for _ in router.list("org-lark"):
+                assert trace.get_current_span() is caller
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    assert stream_requests
+    assert set(stream_requests) == {finished["residency.stream"].context.span_id}
+    assert seen
+    assert set(seen) == {finished["residency.list"].context.span_id}
+
+
+async def test_stream_closed_by_a_cancelled_reader_is_partial(
+    residency_world: ResidencyWorld, audit_events: Events
+) -> None:
+    async with ResidencyRouter.from_settings(residency_world.settings()) as router:
+        await router.put("org-acme", "big.bin", b"z" * (3 * 1024 * 1024))
+        got_one = asyncio.Event()
+
+        async def reader() -> None:
+            async with contextlib.aclosing(router.stream("org-acme", "big.bin")) as chunks:
+                async for _ in chunks:
+                    got_one.set()
+                    await asyncio.sleep(3600)
+
+        audit_events.events.clear()
+        task = asyncio.create_task(reader())
+        await got_one.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        [event] = audit_events.events
+        assert (event["operation"], event["outcome"]) == ("stream", "partial")
+        assert 0 < event["bytes"] < 3 * 1024 * 1024
+
+
+class StallingObject:
+    """Answers GET with an SSE-KMS object, sends the first MiB of it, then stalls."""
+
+    def __init__(self, key_arn: str) -> None:
+        self.release = threading.Event()
+        stalling = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(2 * MiB))
+                self.send_header("x-amz-server-side-encryption", "aws:kms")
+                self.send_header("x-amz-server-side-encryption-aws-kms-key-id", key_arn)
+                self.end_headers()
+                self.wfile.write(b"z" * MiB)
+                self.wfile.flush()
+                stalling.release.wait(30)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_stream_cancelled_while_waiting_for_s3_is_partial(
+    key_arn_map: Path, audit_events: Events
+) -> None:
+    key_arn = yaml.safe_load(key_arn_map.read_text())["regions"]["eu"]["kms_key"]  # noqa: ASYNC240
+    stub = StallingObject(key_arn)
+    try:
+        settings = unverified(key_arn_map, stub.url)
+        async with ResidencyRouter.from_settings(settings) as router:
+            got_one = asyncio.Event()
+
+            async def reader() -> None:
+                async for _ in router.stream("org-acme", "big.bin"):
+                    got_one.set()  # then straight back to waiting for S3's next bytes
+
+            audit_events.events.clear()
+            task = asyncio.create_task(reader())
+            await got_one.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            [event] = audit_events.events
+            assert (event["operation"], event["outcome"]) == ("stream", "partial")
+            assert 0 < event["bytes"] <= MiB
+    finally:
+        stub.stop()
+
+
+async def test_a_closed_router_still_audits_the_refused_call(
+    residency_world: ResidencyWorld, audit_events: Events
+) -> None:
+    router = ResidencyRouter.from_settings(residency_world.settings())
+    async with router:
+        pass
+    audit_events.events.clear()
+    with pytest.raises(RuntimeError, match="closed"):
+        await router.put("org-acme", "a.txt", b"x")
+    with pytest.raises(RuntimeError, match="closed"):
+        async for _ in router.list("org-acme"):
+            pass
+    assert [(e["operation"], e["outcome"]) for e in audit_events.events] == [
+        ("put", "refused"),
+        ("list", "refused"),
+    ]

@@ -23,7 +23,12 @@ from router._aws import (
 )
 from router.config import RouterSettings
 from router.drift import DriftChecker
-from router.errors import DirectoryUnavailableError, RegionUnavailableError, ResidencyViolationError
+from router.errors import (
+    ConfigError,
+    DirectoryUnavailableError,
+    RegionUnavailableError,
+    ResidencyViolationError,
+)
 from router.orgs import DynamoDBOrgDirectory
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
@@ -359,3 +364,25 @@ def test_guard_refuses_a_redirect_answer_for_dynamodb() -> None:
             client.get_item(TableName="orgs", Key={"org_id": {"S": "org-acme"}})
         assert elsewhere.requests == []
         assert len(endpoint.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("endpoint_url", "proxy_url"),
+    [
+        pytest.param("http://203.0.113.5", None, id="plain-http-remote-endpoint"),
+        pytest.param(None, "http://10.1.2.3:3128", id="plain-http-remote-proxy"),
+        pytest.param("ftp://127.0.0.1", None, id="not-http"),
+    ],
+)
+def test_the_factory_itself_refuses_unsafe_endpoints_and_proxies(
+    residency_world: ResidencyWorld, endpoint_url: str | None, proxy_url: str | None
+) -> None:
+    # Not only RouterSettings: every public way to a client goes through the same rules.
+    with pytest.raises(ConfigError):
+        Transport(endpoint_url=endpoint_url, proxy_url=proxy_url)
+    with pytest.raises(ConfigError):
+        DynamoDBOrgDirectory(
+            "orgs", aws_region="us-east-1", endpoint_url=endpoint_url, proxy_url=proxy_url
+        )
+    with pytest.raises(ConfigError):
+        DriftChecker(residency_world.region_map, endpoint_url=endpoint_url, proxy_url=proxy_url)

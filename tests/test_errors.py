@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
+import yaml
 
 from router.errors import (
     ConfigError,
@@ -144,3 +146,73 @@ async def test_body_beyond_the_part_limit_is_invalid_argument_and_leaves_no_uplo
     assert s3.list_multipart_uploads(Bucket=residency_world.bucket("eu")).get("Uploads", []) == []
     for region in Region:
         assert residency_world.all_versions(region) == []
+
+
+class Sneaky(str):
+    """A str whose formatting and printing say something else than its characters."""
+
+    def __str__(self) -> str:
+        return "org-stars"
+
+    def __format__(self, spec: str) -> str:
+        return "ok/\x01ctrl\ufffe"
+
+
+async def test_str_subclasses_are_used_for_their_characters_only(
+    residency_router: ResidencyRouter, residency_world: ResidencyWorld
+) -> None:
+    receipt = await residency_router.put(Sneaky("org-acme"), Sneaky("doc.txt"), b"x")
+    assert receipt.region is Region.EU
+    assert receipt.key == "orgs/org-acme/files/doc.txt"
+    residency_world.assert_stored_in("org-acme", "doc.txt", "eu")
+    assert residency_world.all_versions("us") == []
+
+
+@pytest.mark.parametrize(
+    "now",
+    [
+        pytest.param(datetime.max.replace(tzinfo=timezone(timedelta(hours=-1))), id="max-west"),
+        pytest.param(datetime.min.replace(tzinfo=timezone(timedelta(hours=1))), id="min-east"),
+        pytest.param(datetime.min.replace(tzinfo=UTC), id="min-utc"),
+    ],
+)
+async def test_instants_out_of_range_are_invalid_arguments(
+    residency_router: ResidencyRouter, now: datetime
+) -> None:
+    with pytest.raises(InvalidArgumentError, match="between"):
+        await residency_router.purge_expired(now=now)
+
+
+@pytest.mark.parametrize("endpoint", [123, b"/v1/chat/completions", None, ["/v1/x"]])
+async def test_endpoints_of_the_wrong_type_are_type_errors(
+    residency_router: ResidencyRouter, endpoint: object
+) -> None:
+    with pytest.raises(TypeError, match="endpoint"):
+        await residency_router.route_processing("org-acme", endpoint)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="endpoint"):
+        await residency_router.record_exchange(
+            "org-acme",
+            endpoint,  # type: ignore[arg-type]
+            request=b"q",
+            response=b"a",
+        )
+    if endpoint is not None:
+        with pytest.raises(TypeError, match="endpoint"):
+            await residency_router.explain(
+                "org-acme",
+                operation="route_processing",
+                endpoint=endpoint,  # type: ignore[arg-type]
+            )
+
+
+async def test_erasing_in_a_region_the_map_does_not_have_is_an_invalid_argument(
+    residency_world: ResidencyWorld, tmp_path: Path
+) -> None:
+    data = yaml.safe_load(residency_world.regions_file.read_text())
+    del data["regions"]["kr"]
+    data["orgs"] = {k: v for k, v in data.get("orgs", {}).items() if v["region"] != "kr"}
+    path = tmp_path / "regions.yaml"
+    path.write_text(yaml.safe_dump(data))
+    async with ResidencyRouter.from_settings(residency_world.settings(regions_file=path)) as router:
+        with pytest.raises(InvalidArgumentError, match="not in the region map"):
+            await router.erase_org("org-gone", region="kr")

@@ -177,12 +177,17 @@ def test_decide_processing_routes(
         pytest.param(UNPINNED, "v1/chat/completions", "not listed", id="no-leading-slash"),
         pytest.param(UNPINNED, "/V1/chat/completions", "not listed", id="case"),
         pytest.param(UNPINNED, "/v1/chat/completions?x=1", "not listed", id="query"),
-        pytest.param(UNPINNED, None, "not listed", id="none"),
     ],
 )
 def test_decide_processing_refuses(org: OrgResidency, endpoint: object, message: str) -> None:
     with pytest.raises(ProcessingNotEligibleError, match=message):
         decide_processing(org, MAP, endpoint)
+
+
+@pytest.mark.parametrize("endpoint", [None, 1, b"/v1/chat/completions"])
+def test_decide_processing_refuses_non_str_endpoints_with_type_error(endpoint: object) -> None:
+    with pytest.raises(TypeError, match="endpoint must be a str"):
+        decide_processing(UNPINNED, MAP, endpoint)
 
 
 def exchange(org: OrgResidency, endpoint: str) -> WriteDecision:
@@ -448,8 +453,11 @@ def test_startup_verdict(
 
 def test_erase_target_follows_the_directory_or_the_named_region() -> None:
     record = OrgResidency(OrgId("o"), Region.CA)
-    assert erase_target(OrgId("o"), record, None) is Region.CA
-    assert erase_target(OrgId("o"), record, Region.CA) is Region.CA
-    assert erase_target(OrgId("o"), None, Region.JP) is Region.JP
+    every = set(Region)
+    assert erase_target(OrgId("o"), record, None, every) is Region.CA
+    assert erase_target(OrgId("o"), record, Region.CA, every) is Region.CA
+    assert erase_target(OrgId("o"), None, Region.JP, every) is Region.JP
     with pytest.raises(ResidencyViolationError, match="lives in ca"):
-        erase_target(OrgId("o"), record, Region.US)
+        erase_target(OrgId("o"), record, Region.US, every)
+    with pytest.raises(InvalidArgumentError, match="not in the region map"):
+        erase_target(OrgId("o"), None, Region.KR, every - {Region.KR})

@@ -112,17 +112,19 @@ class RegionClients:
         operation: Callable[[], Awaitable[T]],
         *,
         idempotent: bool = True,
+        object_read: bool = False,
     ) -> T:
         """Run one S3/KMS call with retries in this region; translate failures.
 
         A non-idempotent call is repeated only when the failure proves AWS did not act.
+        ``object_read``: a read of one object, whose refusals may be about that object alone.
 
         Raises:
             ObjectNotFoundError, StorageError, RegionUnavailableError,
             ResidencyViolationError: see :class:`~router._s3.errors.S3Errors`.
         """
         started = time.monotonic()
-        with S3Errors(self.health, aws_region, what):
+        with S3Errors(self.health, aws_region, what, object_read):
             try:  # the first attempt inline: the calls that succeed at once pay no more
                 return await operation()
             except Exception as exc:

@@ -8,6 +8,7 @@ caller's mistakes).
 
 from __future__ import annotations
 
+from json import JSONDecodeError
 from types import TracebackType
 
 import aiohttp
@@ -41,27 +42,16 @@ REGION_BROKEN = frozenset(
         "KMSInvalidStateException",
     }
 )
-"""Codes that say the region cannot serve anyone until an operator acts: quarantined."""
+"""Codes that say the region cannot serve anyone until an operator acts: quarantined.
 
-CALLER_CODES = frozenset(
-    {
-        "InvalidArgument",
-        "InvalidRequest",
-        "InvalidDigest",
-        "BadDigest",
-        "EntityTooLarge",
-        "EntityTooSmall",
-        "InvalidPart",
-        "InvalidPartOrder",
-        "KeyTooLongError",
-        "MetadataTooLarge",
-        "InvalidTag",
-        "MalformedXML",
-        "InvalidRange",
-        "NoSuchUpload",
-    }
-)
-"""Codes about one request's content: they never count against the region."""
+Any other refusal (``InvalidArgument``, ``EntityTooLarge``, ...) is about one request and is
+not recorded against the region at all.
+"""
+
+OBJECT_SCOPED = REGION_BROKEN - {"NoSuchBucket", "AllAccessDisabled", "InvalidAccessKeyId"}
+"""Of those, the ones that a read of one object can get because of that object alone (it is
+under a disabled or foreign key, or a policy denies it): a read does not quarantine for them.
+"""
 
 
 class S3Errors:
@@ -71,17 +61,20 @@ class S3Errors:
     * ``ClientError``: transient codes become :class:`RegionUnavailableError`, missing objects
       :class:`ObjectNotFoundError`, everything else :class:`StorageError` with the AWS code;
       codes in :data:`REGION_BROKEN` also quarantine the region;
-    * transport failures become :class:`RegionUnavailableError`.
+    * transport failures, and answers nobody can parse, become :class:`RegionUnavailableError`.
 
     Messages name the region, bucket and operation (``what``), never object keys or URLs.
     """
 
-    __slots__ = ("_health", "_region", "_what")
+    __slots__ = ("_health", "_object_read", "_region", "_what")
 
-    def __init__(self, health: HealthBook, aws_region: AwsRegion, what: str) -> None:
+    def __init__(
+        self, health: HealthBook, aws_region: AwsRegion, what: str, object_read: bool = False
+    ) -> None:
         self._health = health
         self._region = aws_region
         self._what = what
+        self._object_read = object_read
 
     def __enter__(self) -> None:
         return None
@@ -121,7 +114,7 @@ class S3Errors:
             if code in NOT_FOUND:
                 health.success(region)
                 return ObjectNotFoundError(f"{what}: no such object in {region}")
-            if code in REGION_BROKEN:
+            if code in REGION_BROKEN and not (self._object_read and code in OBJECT_SCOPED):
                 health.quarantine(region, "storage", f"{what} refused ({code})")
             return StorageError(f"{what} refused in {region}", code=code)
         if isinstance(exc, NoCredentialsError):
@@ -135,8 +128,13 @@ class S3Errors:
                 f"{what} in {region} failed after retries ({type(exc).__name__}); "
                 "retry later in the same region"
             )
-        if isinstance(exc, ValueError):
+        if isinstance(exc, ValueError) and not isinstance(exc, UnicodeError | JSONDecodeError):
             # aiohttp and botocore refuse malformed headers with ValueError before sending:
             # the caller's input, not the region.
             return InvalidArgumentError(f"{what}: the request was refused before sending")
-        return exc
+        # An answer botocore cannot parse (an empty body where XML belongs, say).
+        health.failure(region)
+        return RegionUnavailableError(
+            f"{what} in {region} got an answer that could not be read ({type(exc).__name__}); "
+            "retry later in the same region"
+        )

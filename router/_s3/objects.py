@@ -202,6 +202,7 @@ class ObjectStore:
             place.aws_region,
             f"reading from bucket {place.bucket}",
             partial(self._read, client, place, key),
+            object_read=True,
         )
 
     async def _read(self, client: S3Client, place: Placement, key: str) -> bytes:
@@ -237,6 +238,7 @@ class ObjectStore:
             lambda: client.get_object(
                 Bucket=place.bucket, Key=key, ChecksumMode="ENABLED", **owner
             ),
+            object_read=True,
         )
         body = response["Body"]
         try:
@@ -270,6 +272,7 @@ class ObjectStore:
             place.aws_region,
             f"reading from bucket {place.bucket}",
             lambda: client.head_object(Bucket=place.bucket, Key=key, **owner),
+            object_read=True,
         )
         problem = encryption_problem(response, place.kms_key_arn)
         if problem is not None:
@@ -292,6 +295,7 @@ class ObjectStore:
             place.aws_region,
             f"reading tags in bucket {place.bucket}",
             lambda: client.get_object_tagging(Bucket=place.bucket, Key=key, **owner),
+            object_read=True,
         )
         return {tag["Key"]: tag["Value"] for tag in response.get("TagSet", [])}
 

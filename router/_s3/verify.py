@@ -7,10 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from router._s3.clients import RegionClients
-from router.errors import RegionUnavailableError, ResidencyViolationError, StorageError
+from router.errors import (
+    RegionUnavailableError,
+    ResidencyError,
+    ResidencyViolationError,
+    StorageError,
+)
 from router.guards import key_region_problem, key_state_problem, location_problem
 from router.regions import RegionConfig, parse_kms_arn
-from router.types import Problem
+from router.types import Problem, ProblemKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +83,8 @@ async def _check_bucket(clients: RegionClients, cfg: RegionConfig) -> list[Probl
                 "violation" if owned else "storage", f"{where}: bucket {cfg.bucket}: {exc}{owner}"
             )
         ]
-    except RegionUnavailableError as exc:
-        return [Problem("unavailable", f"{where}: {exc}")]
+    except ResidencyError as exc:  # unavailable, or a 404 without a code
+        return [Problem(_kind(exc), f"{where}: bucket {cfg.bucket}: {exc}")]
     problem = location_problem(location.get("LocationConstraint"), cfg.aws_region)
     if problem is not None:
         return [Problem("violation", f"{where}: bucket {cfg.bucket} {problem}")]
@@ -90,10 +95,8 @@ async def _check_key(clients: RegionClients, cfg: RegionConfig) -> tuple[str | N
     where = f"regions.{cfg.region.value}.kms_key"
     try:
         meta = await _describe_key(clients, cfg)
-    except StorageError as exc:
-        return None, [Problem("storage", f"{where}: {exc}")]
-    except RegionUnavailableError as exc:
-        return None, [Problem("unavailable", f"{where}: {exc}")]
+    except ResidencyError as exc:
+        return None, [Problem(_kind(exc), f"{where}: {exc}")]
     violation = key_region_problem(meta, cfg.aws_region, cfg.account_id)
     if violation is not None:
         return None, [Problem("violation", f"{where}: {violation}")]
@@ -101,3 +104,11 @@ async def _check_key(clients: RegionClients, cfg: RegionConfig) -> tuple[str | N
     if state is not None:
         return None, [Problem("storage", f"{where}: {state}")]
     return str(meta["Arn"]), []
+
+
+def _kind(exc: ResidencyError) -> ProblemKind:
+    if isinstance(exc, ResidencyViolationError):
+        return "violation"
+    if isinstance(exc, RegionUnavailableError):
+        return "unavailable"
+    return "storage"

@@ -159,3 +159,20 @@ def test_degraded_threshold_is_the_named_rate() -> None:
     book.success(region)
     assert book.health(region).state == "degraded"
     assert book.health(region).failure_rate >= DEGRADED_FAILURE_RATE
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "KMS.DisabledException", "KMS.NotFoundException"])
+async def test_a_refused_read_of_one_object_does_not_quarantine_the_region(
+    key_arn_map: Path, code: str
+) -> None:
+    # One object under a disabled, foreign or denied key says nothing about the region.
+    with stub_server(lambda method, path: error_reply(403, code)) as stub:
+        async with ResidencyRouter.from_settings(unverified(key_arn_map, stub.url)) as router:
+            for read in (router.get, router.head):
+                with pytest.raises(StorageError):
+                    await read("org-acme", "bad-object.txt")
+            assert router.health()[Region.EU].state != "quarantined"
+            sent = len(stub.requests)
+            with pytest.raises(StorageError):
+                await router.get("org-acme", "other-object.txt")
+            assert len(stub.requests) == sent + 1, "the region still serves requests"

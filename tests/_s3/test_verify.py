@@ -10,7 +10,8 @@ from router.errors import StorageError
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
 from router.types import Region
-from tests.conftest import RequestLog
+from tests.conftest import RequestLog, unverified
+from tests.stubs import Reply, stub_server
 
 
 async def test_missing_bucket_aborts_strict_start(residency_world: ResidencyWorld) -> None:
@@ -86,3 +87,47 @@ async def test_verify_sends_no_object_requests(
     assert report.ok
     assert len(s3_requests) == 7  # one GetBucketLocation per region
     assert all(method == "GET" and "location" in url for method, url in s3_requests.requests)
+
+
+async def test_verify_passing_again_resolves_the_key_anew(residency_world: ResidencyWorld) -> None:
+    key_id = residency_world.key_arn("eu").rsplit("/", 1)[1]
+    kms = residency_world.client("kms", "eu-west-1")
+    kms.disable_key(KeyId=key_id)
+    settings = residency_world.settings(verify_on_start="quarantine")
+    async with ResidencyRouter.from_settings(settings) as router:
+        assert router.health()[Region.EU].state == "quarantined"
+        kms.enable_key(KeyId=key_id)
+        assert (await router.verify()).ok
+        placement = await router.resolve("org-acme")
+        assert placement.kms_key_arn == residency_world.key_arn("eu")  # a key ARN, not the alias
+        receipt = await router.put("org-acme", "a.txt", b"x")
+        assert receipt.kms_key_arn == residency_world.key_arn("eu")
+        assert await router.get("org-acme", "a.txt") == b"x"
+    residency_world.assert_stored_in("org-acme", "a.txt", "eu")
+
+
+def redirect_everything(method: str, path: str) -> Reply:
+    return 307, {"Location": "http://127.0.0.1:9/elsewhere"}, b""
+
+
+def empty_not_found(method: str, path: str) -> Reply:
+    return 404, {}, b""
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind"),
+    [
+        pytest.param(redirect_everything, "redirect", id="redirect"),
+        pytest.param(empty_not_found, "could not be read", id="empty-404"),
+    ],
+)
+async def test_verify_reports_what_it_finds_and_never_raises(
+    key_arn_map: Path, reply: Any, kind: str
+) -> None:
+    with stub_server(reply) as stub:
+        settings = unverified(key_arn_map, stub.url, verify_on_start="quarantine")
+        async with ResidencyRouter.from_settings(settings) as router:
+            report = await router.verify()
+            assert not report.ok
+            assert all(report.by_region.values())
+            assert all(kind in " ".join(problems) for problems in report.by_region.values())
