@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import yaml
+from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
 from router._aws import Transport, boto3_client
@@ -318,7 +319,11 @@ class ResidencyWorld:
         *,
         data_class: DataClass | str = DataClass.FILES,
     ) -> dict[str, Any]:
-        """Assert an org's object is in ``region``'s bucket, under its key, and nowhere else."""
+        """Assert an org's object is in ``region``'s bucket, under its key, and nowhere else.
+
+        A failure is an ``AssertionError`` that says where the key actually is.
+        """
+        __tracebackhide__ = True
         region = Region(region)
         full = f"{KEY_ROOT}/{org_id}/{DataClass(data_class).value}/{key}"
         s3 = self.s3(region)
@@ -327,7 +332,17 @@ class ResidencyWorld:
         assert (location or "us-east-1") == expected_aws, (
             f"bucket {self.bucket(region)} is in {location}, not {expected_aws}"
         )
-        head = s3.head_object(Bucket=self.bucket(region), Key=full)
+        try:
+            head = s3.head_object(Bucket=self.bucket(region), Key=full)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status != 404:
+                raise AssertionError(f"reading {full} in {region.value} failed: {exc}") from None
+            found = self.regions_holding(full)
+            where = ", ".join(r.value for r in found) if found else "no region at all"
+            raise AssertionError(
+                f"{full} is not in {region.value} ({self.bucket(region)}); it is in: {where}"
+            ) from None
         assert head.get("ServerSideEncryption") == "aws:kms", f"{full} is not SSE-KMS"
         assert head.get("SSEKMSKeyId") == self.key_arn(region), (
             f"{full} is under {head.get('SSEKMSKeyId')}, not {region}'s key"
@@ -339,8 +354,17 @@ class ResidencyWorld:
             assert full not in keys, f"{full} also exists in {other.region.value}"
         return dict(head)
 
+    def regions_holding(self, full_key: str) -> list[Region]:
+        """The residency regions whose bucket holds any version of ``full_key``."""
+        return [
+            cfg.region
+            for cfg in self.region_map
+            if any(v["Key"] == full_key for v in self.all_versions(cfg.region))
+        ]
+
     def assert_nothing_outside(self, region: Region | str) -> None:
         """Assert no object or version exists in any bucket but ``region``'s."""
+        __tracebackhide__ = True
         region = Region(region)
         for other in self.region_map:
             if other.region is region:

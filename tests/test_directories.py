@@ -162,3 +162,38 @@ def test_orgs_set_needs_a_dynamodb_table(
     assert "RESIDENCY_DIRECTORY_TABLE" in capsys.readouterr().err
     assert main(["orgs", "show", "org-acme"]) == 0
     assert "region=eu" in capsys.readouterr().out
+
+
+def test_orgs_set_refuses_a_zero_day_window_and_keeps_the_old_value(
+    world_environment: ResidencyWorld,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from router.cli import main
+
+    world_environment.create_directory_table("org-directory", RECORDS)
+    monkeypatch.setenv("RESIDENCY_DIRECTORY_TABLE", "org-directory")
+    assert main(["orgs", "set", "org-lark", "--retention-days", "0"]) == 2
+    assert "retention_days: 0 is not one of allowed_days" in capsys.readouterr().err
+    assert main(["orgs", "show", "org-lark"]) == 0
+    assert "retention_days=7" in capsys.readouterr().out
+
+
+def test_orgs_list_reports_a_malformed_item_and_lists_the_rest(
+    world_environment: ResidencyWorld,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from router.cli import main
+
+    aws_region = world_environment.create_directory_table("org-directory", RECORDS)
+    world_environment.client("dynamodb", aws_region).put_item(
+        TableName="org-directory",
+        Item={"org_id": {"S": "org-bad"}, "region": {"S": "mars"}},
+    )
+    monkeypatch.setenv("RESIDENCY_DIRECTORY_TABLE", "org-directory")
+    assert main(["orgs", "list"]) == 1
+    captured = capsys.readouterr()
+    assert all(f"{org_id}:" in captured.out for org_id in RECORDS)
+    assert "org-bad" in captured.err
+    assert "region" in captured.err

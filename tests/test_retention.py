@@ -374,6 +374,21 @@ async def test_non_opted_in_org_lists_nothing_for_training(
     assert len(requests_sent) == 0
 
 
+async def test_abuse_monitoring_records_are_never_training_data(router: ResidencyRouter) -> None:
+    # org-lark is opted in: its files and fine-tuning data may be listed, never the inputs
+    # and outputs kept for abuse monitoring (issue 12.3).
+    await router.put("org-lark", "doc.txt", b"f")
+    await router.put("org-lark", "set.jsonl", b"t", data_class=DataClass.FINE_TUNING)
+    receipt = await router.record_exchange(
+        "org-lark", "/v1/chat/completions", request=b"q", response=b"a"
+    )
+    assert receipt.stored
+    listed = {(o.data_class, o.key) async for o in router.list("org-lark")}
+    assert DataClass.INPUTS_OUTPUTS in {cls for cls, _ in listed}
+    eligible = [(o.data_class, o.key) async for o in router.list_training_eligible("org-lark")]
+    assert sorted(eligible) == [(DataClass.FILES, "doc.txt"), (DataClass.FINE_TUNING, "set.jsonl")]
+
+
 class EditableDirectory:
     """A caller's own directory whose records the test edits between calls."""
 

@@ -42,7 +42,7 @@ class Chunks:
 
     __slots__ = ("_exhausted", "_hasher", "_pending", "_pending_bytes", "_source")
 
-    def __init__(self, source: AsyncIterator[bytes] | None) -> None:
+    def __init__(self, source: AsyncIterator[bytes | bytearray | memoryview] | None) -> None:
         self._source = source
         self._pending: deque[memoryview] = deque()
         self._pending_bytes = 0

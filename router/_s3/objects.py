@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 STREAM_CHUNK = 1024 * 1024
 
-Body = bytes | bytearray | memoryview | AsyncIterable[bytes]
+BytesLike = bytes | bytearray | memoryview
+Body = BytesLike | AsyncIterable[BytesLike]
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,3 +171,35 @@ async def test_non_bytes_chunk_aborts_with_type_error(
         await small_part_router.put("org-acme", "mixed.bin", mixed())
     s3 = residency_world.s3("eu")
     assert s3.list_multipart_uploads(Bucket=residency_world.bucket("eu")).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        pytest.param(16, id="single-put"),  # 1 MiB: one PutObject
+        pytest.param(12 * 16, id="multipart"),  # 12 MiB over 5 MiB parts
+    ],
+)
+async def test_streamed_body_is_stored_exactly_as_yielded_when_the_producer_reuses_its_buffer(
+    small_part_router: ResidencyRouter, residency_world: ResidencyWorld, chunks: int
+) -> None:
+    # A file or socket reader refills one bytearray and yields views of it (issue 12.1).
+    buffer = bytearray(64 * 1024)
+
+    async def producer() -> AsyncIterator[memoryview]:
+        for i in range(chunks):
+            buffer[:] = bytes([i % 251]) * len(buffer)
+            yield memoryview(buffer)
+
+    expected = hashlib.sha256(
+        b"".join(bytes([i % 251]) * len(buffer) for i in range(chunks))
+    ).hexdigest()
+    receipt = await small_part_router.put("org-acme", "reused.bin", producer())
+    stored = (
+        residency_world.s3("eu")
+        .get_object(Bucket=residency_world.bucket("eu"), Key="orgs/org-acme/files/reused.bin")[
+            "Body"
+        ]
+        .read()
+    )
+    assert hashlib.sha256(stored).hexdigest() == receipt.sha256 == expected
