@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -94,19 +93,19 @@ async def test_black_holed_region_fails_in_budget_while_others_serve(
         proxy.plan.blackhole = {"eu-west-1"}
         proxy.seen.clear()
 
-        async def eu_write() -> float:
-            started = time.perf_counter()
+        async def eu_write() -> None:
             with pytest.raises(RegionUnavailableError, match="eu-west-1"):
                 await router.put("org-acme", "during.txt", b"never acknowledged")
-            return time.perf_counter() - started
 
         others = [
             router.put(org_id, "during.txt", b"served")
             for region, org_id in ORG_BY_REGION.items()
             if region is not Region.EU
         ]
-        elapsed, receipts = await asyncio.gather(eu_write(), asyncio.gather(*others))
-        assert elapsed < settings.retry_deadline_s + 2 * settings.read_timeout_s + 1.0
+        _, receipts = await asyncio.gather(eu_write(), asyncio.gather(*others))
+        # Within the budget, counted where it is spent: requests, not wall-clock seconds.
+        sent_to_eu = [s for s in proxy.seen if s.aws_region == "eu-west-1"]
+        assert 1 <= len(sent_to_eu) <= settings.retry_max_attempts
         assert {r.region for r in receipts} == set(Region) - {Region.EU}
         health = router.health()
         assert health[Region.EU].failure_rate > 0

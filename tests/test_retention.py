@@ -285,8 +285,12 @@ async def test_purge_aborts_stale_inputs_outputs_uploads_only(
     files = s3.create_multipart_upload(Bucket=bucket, Key="orgs/org-stars/files/big.bin")[
         "UploadId"
     ]
-    # moto reports every upload as initiated in 2010: the age rule is tested in test_policy.
-    report = await router.purge_expired(now=datetime.now(UTC))
+    # Measured from the upload's own start time, as S3 reports it (moto dates every upload
+    # 2010; real S3 dates it now): the same test holds on both.
+    initiated = max(u["Initiated"] for u in s3.list_multipart_uploads(Bucket=bucket)["Uploads"])
+    young = await router.purge_expired(now=initiated + timedelta(hours=23))
+    assert young.by_region[Region.US].uploads_aborted == 0
+    report = await router.purge_expired(now=initiated + timedelta(days=1, minutes=1))
     assert report.by_region[Region.US].uploads_aborted == 1
     left = {u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
     assert left == {files}

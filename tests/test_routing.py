@@ -154,6 +154,11 @@ async def test_list_never_shows_other_orgs(residency_router: ResidencyRouter) ->
 async def test_read_refuses_object_under_foreign_key(
     residency_router: ResidencyRouter, residency_world: ResidencyWorld
 ) -> None:
+    # Another key in the bucket's own region: real S3 accepts that (it refuses a key from
+    # another region, which moto would accept), and it is still not the region's key.
+    other_key = residency_world.client("kms", "eu-west-1").create_key(
+        Description="someone else's key"
+    )["KeyMetadata"]["Arn"]
     s3 = residency_world.s3("eu")
     key = "orgs/org-acme/files/planted.txt"
     s3.put_object(
@@ -161,7 +166,7 @@ async def test_read_refuses_object_under_foreign_key(
         Key=key,
         Body=b"secret",
         ServerSideEncryption="aws:kms",
-        SSEKMSKeyId=residency_world.key_arn("us"),
+        SSEKMSKeyId=other_key,
     )
     with pytest.raises(ResidencyViolationError, match="KMS key other than"):
         await residency_router.get("org-acme", "planted.txt")

@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -43,7 +42,6 @@ async def test_soak_keeps_every_invariant(residency_world: ResidencyWorld) -> No
     expected: dict[tuple[str, str], str] = {}  # acknowledged, not deleted: sha256
     counts: dict[str, int] = {}
     budget = iter(range(OPERATIONS))
-    started = time.perf_counter()
 
     async with ResidencyRouter.from_settings(
         settings, directory=StaticOrgDirectory(ORGS)
@@ -98,7 +96,6 @@ async def test_soak_keeps_every_invariant(residency_world: ResidencyWorld) -> No
                 counts[op] = counts.get(op, 0) + 1
 
         await asyncio.gather(*(worker(t) for t in range(TASKS)))
-        elapsed = time.perf_counter() - started
         for org_id, key in list(expected)[:5]:
             try:
                 await router.get(org_id, key)
@@ -106,7 +103,6 @@ async def test_soak_keeps_every_invariant(residency_world: ResidencyWorld) -> No
                 raise AssertionError(f"acknowledged write {org_id}/{key} is gone") from exc
 
     assert sum(counts.values()) == OPERATIONS
-    assert elapsed < 60, f"soak took {elapsed:.1f}s"
     assert {"put", "get", "head", "delete", "list", "record"} <= set(counts)
 
     # Independent full scan with boto3.
