@@ -31,6 +31,8 @@ def is_loopback_host(host: str) -> bool:
 
 def endpoint_url_problem(value: str) -> str | None:
     """What is wrong with an endpoint URL for AWS clients, or None (https, or loopback http)."""
+    if not value.isprintable() or any(c.isspace() for c in value):
+        return "endpoint_url must not contain spaces, tabs, newlines or control characters"
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "endpoint_url must be an http(s) URL with a host"
@@ -49,6 +51,8 @@ def proxy_url_problem(value: str) -> str | None:
 
     The value may carry proxy credentials: the message never repeats it.
     """
+    if not value.isprintable() or any(c.isspace() for c in value):
+        return "proxy_url must not contain spaces, tabs, newlines or control characters"
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "proxy_url must be an https URL with a host"

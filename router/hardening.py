@@ -12,7 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from router.regions import RegionConfig, RetentionConfig
+from router.regions import (
+    RegionConfig,
+    RetentionConfig,
+    log_bucket_name,  # re-exported: one naming rule
+)
 from router.types import TAG_CLASS, TAG_RETENTION, DataClass, retention_tag_value
 
 ABORT_INCOMPLETE_UPLOADS_DAYS = 1
@@ -131,11 +135,6 @@ class HardenedRegion:
     alias: str
     lifecycle: tuple[LifecycleRule, ...]
     log_lifecycle: tuple[LifecycleRule, ...]
-
-
-def log_bucket_name(bucket: str) -> str:
-    """Return the name of the in-region access-log bucket of a data bucket."""
-    return f"{bucket[:58]}-logs"
 
 
 def alias_name(cfg: RegionConfig) -> str:

@@ -39,12 +39,15 @@ ALLOWED_AWS_REGIONS: Mapping[Region, frozenset[str]] = MappingProxyType(
     }
 )
 
+# \A...\Z, never ^...$ ($ also matches before a trailing newline), and ASCII digits only
+# ([0-9], never \d, which matches Arabic-Indic and every other Unicode digit).
 _KMS_ARN = re.compile(
-    r"^arn:aws:kms:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):(?P<kind>key|alias)/(?P<name>.+)$"
+    r"\Aarn:aws:kms:(?P<region>[a-z0-9-]+):(?P<account>[0-9]{12}):(?P<kind>key|alias)"
+    r"/(?P<name>[A-Za-z0-9/_+=.@-]+)\Z"
 )
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
-_ACCOUNT = re.compile(r"^\d{12}$")
-_ENDPOINT_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+_BUCKET = re.compile(r"\A[a-z0-9][a-z0-9-]{1,61}[a-z0-9]\Z")
+_ACCOUNT = re.compile(r"\A[0-9]{12}\Z")
+_ENDPOINT_PATH = re.compile(r"\A(/[A-Za-z0-9._~-]+)+\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,10 +176,12 @@ class RegionMap:
         """
         path = Path(path)
         try:
-            size = path.stat().st_size
-            if size > MAX_FILE_BYTES:
-                raise ConfigError(f"{path}: {size} bytes; a region map is at most {MAX_FILE_BYTES}")
-            text = path.read_text(encoding="utf-8")
+            # The limit holds while reading: a FIFO or a growing file has no honest size.
+            with path.open("rb") as stream:
+                raw = stream.read(MAX_FILE_BYTES + 1)
+            if len(raw) > MAX_FILE_BYTES:
+                raise ConfigError(f"{path}: over {MAX_FILE_BYTES} bytes; that is not a region map")
+            text = raw.decode("utf-8")
         except ConfigError:
             raise
         except UnicodeDecodeError as exc:
@@ -201,10 +206,15 @@ class RegionMap:
             data = loader.get_single_data()
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        except RecursionError:
+            raise ConfigError(f"{source}: nested too deeply to be a region map") from None
         finally:
             loader.dispose()
-        duplicates = [f"{source} {problem}" for problem in loader.duplicates]
-        return cls.from_dict(data, extra_problems=duplicates)
+        found = [f"{source} {problem}" for problem in loader.problems]
+        try:
+            return cls.from_dict(data, extra_problems=found)
+        except RecursionError:
+            raise ConfigError(f"{source}: nested too deeply to be a region map") from None
 
     @classmethod
     def from_dict(cls, data: object, *, extra_problems: list[str] | None = None) -> RegionMap:
@@ -271,15 +281,21 @@ class RegionMap:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that records duplicate mapping keys instead of keeping the last one."""
+    """SafeLoader that reports duplicate keys (instead of keeping the last) and merge keys."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
-        self.duplicates: list[str] = []
+        self.problems: list[str] = []
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[object] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                line = key_node.start_mark.line + 1
+                self.problems.append(
+                    f"line {line}: merge keys (<<) are not supported; write the fields out"
+                )
+                continue
             key = self.construct_object(key_node, deep=deep)
             try:
                 duplicate = key in seen
@@ -288,7 +304,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 continue  # unhashable keys are reported by the constructor below
             if duplicate:
                 line = key_node.start_mark.line + 1
-                self.duplicates.append(f"line {line}: duplicate key {key!r}")
+                self.problems.append(f"line {line}: duplicate key {key!r}")
         return super().construct_mapping(node, deep=deep)
 
 
@@ -306,6 +322,9 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
 
 
 def _https_base(value: str) -> str | None:
+    # urlsplit silently drops tabs and newlines (WHATWG): refuse them before it can.
+    if not value.isprintable() or any(c.isspace() for c in value):
+        return None
     parts = urlsplit(value)
     if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
         return None
@@ -396,7 +415,26 @@ def _build_regions(raw: _RawMap, problems: list[str]) -> dict[Region, RegionConf
                 processing_endpoint=endpoint,
                 account_id=entry.account_id,
             )
+    logs: dict[str, str] = {}
+    for code, entry in raw.regions.items():
+        log = log_bucket_name(entry.bucket)
+        if log in buckets:
+            problems.append(
+                f"regions.{code}.bucket: its access-log bucket {log!r} is the data bucket of "
+                f"regions.{buckets[log]}"
+            )
+        if log in logs:
+            problems.append(
+                f"regions.{code}.bucket: its access-log bucket {log!r} is also the log bucket "
+                f"of regions.{logs[log]}"
+            )
+        logs.setdefault(log, code)
     return regions
+
+
+def log_bucket_name(bucket: str) -> str:
+    """Return the name of the in-region access-log bucket of a data bucket."""
+    return f"{bucket[:58]}-logs"
 
 
 def _build_processing(

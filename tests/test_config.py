@@ -73,3 +73,12 @@ def test_settings_refuse_threshold_above_buffer_bound() -> None:
             multipart_part_size=8 * 1024 * 1024,
             multipart_concurrency=2,
         )
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["http://127.0.0.1:9000\n", "http://127.0.0.1:9000\t", "https://s3.internal\n/x"],
+)
+def test_endpoint_urls_with_control_characters_are_refused(value: str) -> None:
+    with pytest.raises(ValidationError, match="endpoint_url"):
+        RouterSettings(endpoint_url=value)

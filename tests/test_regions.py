@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +199,77 @@ def test_region_map_load_refuses_non_utf8(tmp_path: Path) -> None:
     path.write_bytes(b"regions: \xff\xfe\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         RegionMap.load(path)
+
+
+# -- issue 12.8: what the map must refuse ------------------------------------------------
+
+
+def test_deeply_nested_yaml_is_a_config_error_not_a_recursion_error() -> None:
+    with pytest.raises(ConfigError, match=r"nested too deeply|not valid YAML"):
+        RegionMap.from_yaml("[" * 60_000)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        pytest.param("regions.us.account_id", "123456789012\n", id="account-trailing-newline"),
+        pytest.param("regions.us.account_id", "١٢٣٤٥٦٧٨٩٠١٢", id="arabic-indic-digits"),
+        pytest.param("regions.us.bucket", "residency-example-us\n", id="bucket-newline"),
+        pytest.param("regions.us.bucket", "residency-example-us\t", id="bucket-tab"),
+        pytest.param(
+            "regions.us.kms_key",
+            "arn:aws:kms:us-east-1:123456789012:alias/residency-us\n",
+            id="key-newline",
+        ),
+        pytest.param(
+            "regions.us.kms_key",
+            "arn:aws:kms:us-east-1:١٢٣٤٥٦٧٨٩٠١٢:alias/residency-us",
+            id="key-unicode-account",
+        ),
+        pytest.param(
+            "regions.us.processing_endpoint", "https://us.example.invalid\t", id="endpoint-tab"
+        ),
+        pytest.param(
+            "regions.us.processing_endpoint", "https://us.example.invalid\n", id="endpoint-newline"
+        ),
+    ],
+)
+def test_values_with_trailing_newlines_tabs_or_non_ascii_digits_are_refused(
+    path: str, value: str
+) -> None:
+    problems = problems_of(set_path(base(), path, value))
+    assert any(problem.startswith(path) for problem in problems), problems
+
+
+def test_size_limit_holds_while_reading_a_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "regions.yaml"
+    os.mkfifo(fifo)
+    chunk = ("# " + "x" * 1022 + "\n").encode()
+
+    def write() -> None:
+        with contextlib.suppress(BrokenPipeError), fifo.open("wb") as stream:
+            for _ in range(2 * 1024):  # 2 MiB of comments, then a valid map
+                stream.write(chunk)
+            stream.write(REGIONS_FILE.read_bytes())
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    with pytest.raises(ConfigError, match="bytes"):
+        RegionMap.load(fifo)
+    writer.join(timeout=30)
+
+
+def test_merge_keys_are_named_as_unsupported() -> None:
+    text = REGIONS_FILE.read_text().replace(
+        "regions:\n", "defaults: &shared {aws_region: us-east-1}\nregions:\n", 1
+    )
+    text += "\nextra:\n  <<: *shared\n"
+    with pytest.raises(ConfigError, match=r"merge keys \(<<\) are not supported"):
+        RegionMap.from_yaml(text)
+
+
+def test_a_data_bucket_may_not_be_another_regions_log_bucket() -> None:
+    data = base()
+    data["regions"]["eu"]["bucket"] = data["regions"]["us"]["bucket"][:58] + "-logs"
+    problems = problems_of(data)
+    assert any("access-log bucket" in problem for problem in problems), problems
