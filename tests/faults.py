@@ -32,6 +32,7 @@ class FaultPlan:
     rate: float = 0.0
     kinds: tuple[str, ...] = TRANSIENT
     latency_s: float = 0.0
+    answer_latency_s: float = 0.0  # after S3 has acted: the answer is late, the act is done
     blackhole: set[str] = field(default_factory=set)
     seed: int = 20261121
 
@@ -155,6 +156,8 @@ class FaultProxy:
                 return
             body = await reader.readexactly(length)
             response = await self._forward(head, headers, request_line, body)
+            if self.plan.answer_latency_s:
+                await asyncio.sleep(self.plan.answer_latency_s)
             if fault == "reset_response":
                 writer.write(response[: max(1, len(response) * 2 // 3)])
                 await writer.drain()

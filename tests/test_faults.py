@@ -148,3 +148,31 @@ async def test_steady_503_storm_sends_at_most_attempts_times_operations(
     assert len(sent) <= settings.retry_max_attempts * (len(operations) + 1)
     assert len(sent) >= len(operations) + 1
     assert {s.aws_region for s in sent} == {"ap-northeast-2"}
+
+
+async def test_put_cancelled_while_creating_its_upload_leaves_no_upload(
+    residency_world: ResidencyWorld, proxy: FaultProxy
+) -> None:
+    settings = proxied_settings(residency_world, proxy, read_timeout_s=10.0)
+    bucket = residency_world.bucket("eu")
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"p" * (5 * MiB)
+
+    async with ResidencyRouter.from_settings(settings) as router:
+        # S3 creates the upload at once; its answer (the upload id) takes a second to come.
+        proxy.plan.answer_latency_s = 1.0
+        task = asyncio.create_task(router.put("org-acme", "cancelled.bin", body()))
+        async with asyncio.timeout(30):
+            while not any(s.method == "POST" and s.bucket == bucket for s in proxy.seen):
+                await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        proxy.plan.answer_latency_s = 0.0
+    # Closing the router waited for the clean-up: S3 created the upload after the caller was
+    # gone, and the router aborted it as soon as its id arrived.
+    s3 = residency_world.s3("eu")
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert residency_world.all_versions("eu") == []

@@ -155,3 +155,29 @@ async def test_success_from_a_bucket_reporting_another_region_is_refused(
         async with ResidencyRouter.from_settings(unverified(key_arn_map, stub.url)) as router:
             with pytest.raises(ResidencyViolationError, match="bucket reports region us-west-2"):
                 await router.get("org-acme", "a.txt")
+
+
+async def test_a_foreign_key_write_that_cannot_be_removed_says_so(key_arn_map: Path) -> None:
+    def foreign_key_kept(method: str, path: str) -> Reply:
+        if method == "DELETE":
+            body = b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>"
+            return 403, {"Content-Type": "application/xml"}, body
+        headers = {
+            "ETag": '"abc"',
+            "x-amz-version-id": "v-foreign",
+            "x-amz-server-side-encryption": "aws:kms",
+            "x-amz-server-side-encryption-aws-kms-key-id": (
+                "arn:aws:kms:eu-west-1:123456789012:key/someone-elses"
+            ),
+        }
+        return 200, headers, b""
+
+    with stub_server(foreign_key_kept) as stub:
+        async with ResidencyRouter.from_settings(unverified(key_arn_map, stub.url)) as router:
+            with pytest.raises(ResidencyViolationError) as info:
+                await router.put("org-acme", "a.txt", b"secret")
+    message = str(info.value)
+    assert "NOT removed" in message
+    assert "AccessDenied" in message
+    assert "v-foreign" in message
+    assert "; removed" not in message

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -43,6 +43,7 @@ class RegionClients:
         }
         """Per region: ``ExpectedBucketOwner`` when the map names the account."""
         self.health = HealthBook(cfg.aws_region for cfg in region_map)
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Self:
         session = new_aio_session()
@@ -68,8 +69,19 @@ class RegionClients:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def clean_up(self, work: Coroutine[Any, Any, None]) -> None:
+        """Finish ``work`` after its caller is gone (aborting an orphaned upload, say).
+
+        The task is kept here, not fired and forgotten: closing the clients waits for it.
+        """
+        task = asyncio.get_running_loop().create_task(work)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
     async def aclose(self) -> None:
-        """Close every client."""
+        """Finish pending clean-ups (bounded by the retry deadline), then close every client."""
+        if self._cleanups:
+            await asyncio.wait(list(self._cleanups), timeout=self._retry.deadline_s)
         self._s3.clear()
         self._kms.clear()
         await self._stack.aclose()

@@ -193,13 +193,21 @@ class MultipartUpload:
         """
         place, clients = self._place, self._clients
         where = f"multipart upload to bucket {place.bucket}"
-        created = await clients.run(
-            place.aws_region,
-            where,
-            lambda: client.create_multipart_upload(Key=self._key, **create_args),
-            # A retry after a lost answer would leave the first upload behind.
-            idempotent=False,
+        creating = asyncio.ensure_future(
+            clients.run(
+                place.aws_region,
+                where,
+                lambda: client.create_multipart_upload(Key=self._key, **create_args),
+                # A retry after a lost answer would leave the first upload behind.
+                idempotent=False,
+            )
         )
+        try:
+            # Shielded: a caller cancelled meanwhile must not leave an upload nobody knows of.
+            created = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            clients.clean_up(self._abort_once_created(client, creating))
+            raise
         self._upload_id = created["UploadId"]
         parts: dict[int, dict[str, Any]] = {}
         try:
@@ -310,6 +318,15 @@ class MultipartUpload:
             return response
 
         return complete
+
+    async def _abort_once_created(self, client: S3Client, creating: asyncio.Future[Any]) -> None:
+        """Abort the upload a cancelled caller started, as soon as S3 says its id."""
+        try:
+            created = await creating
+        except Exception:
+            return  # S3 created nothing we could name
+        self._upload_id = created["UploadId"]
+        await self._abort(client)
 
     async def _abort(self, client: S3Client) -> None:
         place, owner = self._place, self._clients.owner[self._place.aws_region]
