@@ -73,7 +73,13 @@ class RouterSettings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="RESIDENCY_", extra="forbid", frozen=True, validate_default=True
+        env_prefix="RESIDENCY_",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+        # An error never repeats the value it refuses: a URL may carry credentials, and
+        # audit_hmac_secret is a secret.
+        hide_input_in_errors=True,
     )
 
     regions_file: Path = Path("regions.yaml")

@@ -23,9 +23,16 @@ from typing import ClassVar
 
 
 class ResidencyError(Exception):
-    """Root of every error this package raises on purpose."""
+    """Root of every error this package raises on purpose.
+
+    ``aws_code`` and ``request_id`` name what AWS answered, when it answered: they replace
+    the botocore exception, which is not chained (its message and traceback can carry the
+    request URL, and with it a plain object key).
+    """
 
     retryable: ClassVar[bool] = False
+    aws_code: str | None = None
+    request_id: str | None = None
 
 
 class ConfigError(ResidencyError, ValueError):

@@ -82,3 +82,22 @@ def test_settings_refuse_threshold_above_buffer_bound() -> None:
 def test_endpoint_urls_with_control_characters_are_refused(value: str) -> None:
     with pytest.raises(ValidationError, match="endpoint_url"):
         RouterSettings(endpoint_url=value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "secret"),
+    [
+        pytest.param("endpoint_url", "http://admin:hunter2@127.0.0.1:9000", "hunter2", id="url"),
+        pytest.param("proxy_url", "http://user:hunter2@proxy.example:3128", "hunter2", id="proxy"),
+        pytest.param("endpoint_url", "ftp://key:hunter2@host", "hunter2", id="scheme"),
+        pytest.param("audit_hmac_secret", 12345678901234, "12345678901234", id="hmac-wrong-type"),
+    ],
+)
+def test_settings_errors_never_repeat_the_refused_value(
+    field: str, value: object, secret: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        RouterSettings(**{field: value})  # type: ignore[arg-type]
+    assert field in str(info.value)
+    assert secret not in str(info.value)
+    assert secret not in repr(info.value.errors(include_input=False))

@@ -4,17 +4,25 @@ import asyncio
 import logging
 import subprocess
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from router.errors import DirectoryUnavailableError, ObjectNotFoundError, UnknownOrgError
+from router.errors import (
+    DirectoryUnavailableError,
+    ObjectNotFoundError,
+    RegionUnavailableError,
+    StorageError,
+    UnknownOrgError,
+)
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
 from router.types import OrgId, OrgResidency
-from tests.conftest import REGIONS_FILE, RequestLog
+from tests.conftest import REGIONS_FILE, RequestLog, unverified
+from tests.stubs import stub_server
 
 MiB = 1024 * 1024
 
@@ -250,3 +258,33 @@ async def test_failing_or_slow_directory_never_leads_to_s3_requests(
         assert len(log) == 0
     for cfg in residency_world.region_map:
         assert residency_world.all_versions(cfg.region) == []
+
+
+# Built at run time, so that the test's own source lines in a traceback do not spell it.
+SECRET_KEY = "-".join(["very", "secret", "key", "name"]) + ".txt"
+
+
+async def test_router_errors_carry_no_key_or_url_in_their_traceback(key_arn_map: Path) -> None:
+    # Nothing listens on port 9: the connection error names the URL, and so the key.
+    settings = unverified(key_arn_map, "http://127.0.0.1:9", retry_max_attempts=1)
+    async with ResidencyRouter.from_settings(settings) as router:
+        with pytest.raises(RegionUnavailableError) as info:
+            await router.put("org-acme", SECRET_KEY, b"x")
+    text = "".join(traceback.format_exception(info.value))
+    assert "very-secret-key-name" not in text
+    assert "127.0.0.1:9" not in text
+    assert info.value.__cause__ is None
+
+
+async def test_aws_code_and_request_id_are_kept_as_attributes(key_arn_map: Path) -> None:
+    def refuse(method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+        body = b"<Error><Code>InvalidArgument</Code><Message>no</Message></Error>"
+        return 400, {"Content-Type": "application/xml", "x-amz-request-id": "REQ123"}, body
+
+    with stub_server(refuse) as stub:
+        async with ResidencyRouter.from_settings(unverified(key_arn_map, stub.url)) as router:
+            with pytest.raises(StorageError) as info:
+                await router.put("org-acme", SECRET_KEY, b"x")
+    assert info.value.aws_code == "InvalidArgument"
+    assert info.value.request_id == "REQ123"
+    assert "very-secret-key-name" not in "".join(traceback.format_exception(info.value))

@@ -93,7 +93,12 @@ class S3Errors:
             return  # cancellation and exits pass through untouched
         translated = self._translate(exc)
         if translated is not exc:
-            raise translated from exc
+            if isinstance(translated, ResidencyError) and isinstance(exc, ClientError):
+                translated.aws_code = error_code(exc) or None
+                metadata = exc.response.get("ResponseMetadata", {})
+                translated.request_id = metadata.get("RequestId") or None
+            # Not chained: botocore's message and traceback can carry the URL, and so a key.
+            raise translated from None
 
     def _translate(self, exc: Exception) -> BaseException:
         region, what, health = self._region, self._what, self._health

@@ -254,7 +254,7 @@ class ObjectStore:
                 raise RegionUnavailableError(
                     f"reading from bucket {place.bucket} in {place.aws_region} broke off "
                     f"({type(exc).__name__}); retry later in the same region"
-                ) from exc
+                ) from None  # not chained: the URL carries the key
         finally:
             body.close()
 
