@@ -75,7 +75,8 @@ def explain(
         rules["key"] = "the expiry day leads the key so the purge finds expired data by prefix"
         rules["tags"] = _tags_rule(org)
         rules["expires_at"] = (
-            f"recorded now + {org.retention_days} days; purged on that UTC day at the latest"
+            f"recorded now + {org.retention_days} days; the key carries that instant, and the "
+            "purge deletes the exchange at its first sweep at or after it, never before"
         )
     elif operation is Operation.ROUTE_PROCESSING:
         try:

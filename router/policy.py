@@ -303,10 +303,18 @@ def expiry_of(org: OrgResidency, region_map: RegionMap, now: datetime) -> dateti
 
 
 def exchange_key(org_id: OrgId, expires_at: datetime, endpoint: str, token: str) -> str:
-    """Return the full key of one recorded exchange (expiry day first, for the purge)."""
-    day = _utc(expires_at).strftime("%Y-%m-%d")
+    """Return the full key of one recorded exchange: its expiry day, then its expiry time.
+
+    ``orgs/{org}/inputs_outputs/YYYY-MM-DD/THHMMSSZ/{endpoint}/{token}.json``: the purge
+    finds expired data by listing prefixes (no tag reads), and deletes an exchange no earlier
+    than its expiry instant (rounded up to the whole second, so never before it).
+    """
+    instant = _utc(expires_at)
+    if instant.microsecond:
+        instant = instant.replace(microsecond=0) + timedelta(seconds=1)
     return (
-        f"{org_prefix(org_id, DataClass.INPUTS_OUTPUTS)}{day}/{endpoint.lstrip('/')}/{token}.json"
+        f"{org_prefix(org_id, DataClass.INPUTS_OUTPUTS)}{instant:%Y-%m-%d}/T{instant:%H%M%S}Z/"
+        f"{endpoint.lstrip('/')}/{token}.json"
     )
 
 
@@ -376,9 +384,39 @@ def expiry_day_of(day_prefix: str) -> date | None:
         return None
 
 
-def is_expired(day: date, now: datetime) -> bool:
-    """Return True when data whose expiry day is ``day`` must be purged at ``now``."""
-    return day <= _utc(now).date()
+PurgeScope = Literal["day", "by-time", "none"]
+
+
+def purge_scope(day: date, now: datetime) -> PurgeScope:
+    """How much of an expiry day's exchanges may go at ``now``.
+
+    ``day``: the whole day is past, everything under it goes. ``by-time``: the day is today,
+    only exchanges whose expiry time (the key's ``THHMMSSZ`` segment) has come may go;
+    exchanges stored without a time segment wait for the whole day to pass. ``none``: later.
+    """
+    today = _utc(now).date()
+    if day < today:
+        return "day"
+    return "by-time" if day == today else "none"
+
+
+def expiry_instant_of(day: date, time_prefix: str) -> datetime | None:
+    """The expiry instant of a ``.../YYYY-MM-DD/THHMMSSZ/`` prefix; None for other prefixes."""
+    segment = time_prefix.rstrip("/").rsplit("/", 1)[-1]
+    if len(segment) != 8 or segment[0] != "T" or segment[-1] != "Z":
+        return None
+    digits = segment[1:7]
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    hour, minute, second = int(digits[:2]), int(digits[2:4]), int(digits[4:])
+    if hour > 23 or minute > 59 or second > 59:
+        return None
+    return datetime(day.year, day.month, day.day, hour, minute, second, tzinfo=UTC)
+
+
+def is_expired(instant: datetime, now: datetime) -> bool:
+    """Return True when an exchange expiring at ``instant`` must be purged at ``now``."""
+    return _utc(instant) <= _utc(now)
 
 
 def is_stale_exchange_upload(key: str, initiated: datetime | None, now: datetime) -> bool:

@@ -13,7 +13,13 @@ from router._s3.bulk import BucketRef, BulkStore
 from router._s3.objects import ObjectStore
 from router.errors import ObjectNotFoundError, first_error
 from router.inputs import object_key, org_prefix
-from router.policy import expiry_day_of, is_expired, is_stale_exchange_upload
+from router.policy import (
+    expiry_day_of,
+    expiry_instant_of,
+    is_expired,
+    is_stale_exchange_upload,
+    purge_scope,
+)
 from router.regions import RegionConfig, RegionMap
 from router.types import (
     KEY_ROOT,
@@ -99,11 +105,23 @@ class RetentionSweeper:
         objects = versions = 0
         async for day_prefix in self._storage.list_prefixes(ref, f"{prefix}{INPUTS_OUTPUTS}/"):
             day = expiry_day_of(day_prefix)
-            if day is None or not is_expired(day, now):
+            scope = "none" if day is None else purge_scope(day, now)
+            if scope == "none":
                 continue
-            deleted = await self._storage.delete_prefix(ref, day_prefix)
-            objects += deleted[0]
-            versions += deleted[1]
+            if scope == "day":
+                targets = [day_prefix]
+            else:  # today: only the times that have come (never an exchange before its time)
+                assert day is not None
+                targets = [
+                    time_prefix
+                    async for time_prefix in self._storage.list_prefixes(ref, day_prefix)
+                    if (instant := expiry_instant_of(day, time_prefix)) is not None
+                    and is_expired(instant, now)
+                ]
+            for target in targets:
+                deleted = await self._storage.delete_prefix(ref, target)
+                objects += deleted[0]
+                versions += deleted[1]
         return objects, versions
 
     async def erase(

@@ -24,9 +24,11 @@ from router.policy import (
     erase_target,
     exchange_document,
     expiry_day_of,
+    expiry_instant_of,
     is_expired,
     is_stale_exchange_upload,
     placement,
+    purge_scope,
     startup_verdict,
 )
 from router.regions import RegionMap
@@ -224,8 +226,8 @@ def test_decide_exchange(org: OrgResidency, endpoint: str, store: bool, reason: 
     assert decision.placement.region is org.region  # storage region, never processing
     expires = NOW + timedelta(days=org.retention_days)
     assert decision.expires_at == expires
-    day = expires.strftime("%Y-%m-%d")
-    assert decision.key == f"orgs/{org.org_id}/inputs_outputs/{day}{endpoint}/abc123.json"
+    when = expires.strftime("%Y-%m-%d/T%H%M%SZ")  # NOW has no fraction of a second
+    assert decision.key == f"orgs/{org.org_id}/inputs_outputs/{when}{endpoint}/abc123.json"
     assert decision.tags["residency-retention"] == f"{org.retention_days}d"
     assert decision.tags["residency-expires"] == expires.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert decision.tags["residency-class"] == "inputs_outputs"
@@ -277,18 +279,61 @@ def test_expiry_day_of_prefix(prefix: str, day: date | None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("day", "expired"),
+    ("day", "scope"),
     [
-        (date(2026, 11, 20), True),
-        (date(2026, 11, 21), True),
-        (date(2026, 11, 22), False),
+        (date(2026, 11, 20), "day"),
+        (date(2026, 11, 21), "by-time"),
+        (date(2026, 11, 22), "none"),
     ],
 )
-def test_is_expired_on_or_before_utc_date(day: date, expired: bool) -> None:
-    assert is_expired(day, NOW) is expired
+def test_purge_scope_by_utc_date(day: date, scope: str) -> None:
+    assert purge_scope(day, NOW) == scope
     # 01:00 on the 22nd in UTC+3 is still the 21st in UTC.
     local = datetime(2026, 11, 22, 1, 0, tzinfo=timezone(timedelta(hours=3)))
-    assert is_expired(day, local) is expired
+    assert purge_scope(day, local) == scope
+
+
+@pytest.mark.parametrize(
+    ("prefix", "instant"),
+    [
+        ("orgs/o/inputs_outputs/2026-11-21/T235900Z/", datetime(2026, 11, 21, 23, 59, tzinfo=UTC)),
+        ("orgs/o/inputs_outputs/2026-11-21/T000000Z/", datetime(2026, 11, 21, tzinfo=UTC)),
+        ("orgs/o/inputs_outputs/2026-11-21/v1/", None),
+        ("orgs/o/inputs_outputs/2026-11-21/T246000Z/", None),
+        ("orgs/o/inputs_outputs/2026-11-21/T2359Z/", None),
+        ("orgs/o/inputs_outputs/2026-11-21/T\u0662\u0663\u0665\u0669\u0660\u0660Z/", None),
+    ],
+)
+def test_expiry_instant_of_time_prefix(prefix: str, instant: datetime | None) -> None:
+    assert expiry_instant_of(date(2026, 11, 21), prefix) == instant
+
+
+def test_exchange_expiring_at_23_59_is_kept_until_23_59() -> None:
+    # Recorded 23:59:00Z with a 1-day window: the old day-granular purge deleted it at
+    # 00:00:01Z, almost a day early (issue 12.2).
+    org = OrgResidency(OrgId("o"), Region.US, retention_days=1)
+    recorded = datetime(2026, 11, 20, 23, 59, 0, tzinfo=UTC)
+    decision = decide_exchange(
+        org, placed(org, MAP, ARNS), MAP, "/v1/chat/completions", recorded, "t"
+    )
+    assert decision.key.startswith("orgs/o/inputs_outputs/2026-11-21/T235900Z/v1/chat/completions/")
+    rest = decision.key.split("/T", 1)[1]
+    instant = expiry_instant_of(date(2026, 11, 21), "T" + rest.split("/", 1)[0])
+    assert instant is not None
+    assert instant == decision.expires_at
+    assert not is_expired(instant, datetime(2026, 11, 21, 0, 0, 1, tzinfo=UTC))
+    assert not is_expired(instant, datetime(2026, 11, 21, 23, 58, 59, tzinfo=UTC))
+    assert is_expired(instant, datetime(2026, 11, 21, 23, 59, 0, tzinfo=UTC))
+
+
+def test_exchange_key_rounds_the_expiry_up_to_the_next_second() -> None:
+    org = OrgResidency(OrgId("o"), Region.US, retention_days=1)
+    recorded = datetime(2026, 11, 20, 23, 59, 59, 500_000, tzinfo=UTC)
+    decision = decide_exchange(
+        org, placed(org, MAP, ARNS), MAP, "/v1/chat/completions", recorded, "t"
+    )
+    # 23:59:59.5 expires at 00:00:00 the next day at the earliest: the key says so.
+    assert "/inputs_outputs/2026-11-22/T000000Z/" in decision.key
 
 
 @pytest.mark.parametrize(
@@ -319,7 +364,7 @@ def test_is_expired_on_or_before_utc_date(day: date, expired: bool) -> None:
             None,
             "/v1/chat/completions",
             True,
-            "orgs/p/inputs_outputs/2026-12-21/v1/chat/completions/",
+            "orgs/p/inputs_outputs/2026-12-21/T223005Z/v1/chat/completions/",
             False,
             id="record",
         ),

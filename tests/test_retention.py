@@ -114,7 +114,9 @@ async def test_record_exchange_stores_json_in_storage_region_with_retention_tags
     assert receipt.stored is True
     assert receipt.region is Region.JP
     assert receipt.data_class is DataClass.INPUTS_OUTPUTS
-    assert receipt.key.startswith("orgs/org-split/inputs_outputs/2026-12-21/v1/chat/completions/")
+    assert receipt.key.startswith(
+        "orgs/org-split/inputs_outputs/2026-12-21/T100000Z/v1/chat/completions/"
+    )
     assert receipt.key.endswith(".json")
     caller_key = receipt.key.split("/inputs_outputs/", 1)[1]
     head = residency_world.assert_stored_in(
@@ -242,7 +244,12 @@ async def test_purge_deletes_expired_days_every_version_and_marker(
     assert report.by_region[Region.CA].versions == 0
     assert versions_under(residency_world, "ca", "orgs/org-lark/inputs_outputs/")
 
+    # Expiry is 2026-11-28T10:00:00Z: not a second earlier (issue 12.2), then at once.
     report = await router.purge_expired(now=datetime(2026, 11, 28, 0, 0, 1, tzinfo=UTC))
+    assert report.by_region[Region.CA].versions == 0
+    report = await router.purge_expired(now=datetime(2026, 11, 28, 9, 59, 59, tzinfo=UTC))
+    assert report.by_region[Region.CA].versions == 0
+    report = await router.purge_expired(now=datetime(2026, 11, 28, 10, 0, 0, tzinfo=UTC))
     assert report.by_region[Region.CA].objects == 2
     assert report.by_region[Region.CA].versions == 4  # 2 + 1 extra version + 1 marker
     assert versions_under(residency_world, "ca", "orgs/org-lark/inputs_outputs/") == []
@@ -450,7 +457,9 @@ async def test_explain_sends_no_s3_request(
     assert result.store is True
     assert result.expires_at == T0 + timedelta(days=7)
     assert result.key is not None
-    assert result.key.startswith("orgs/org-lark/inputs_outputs/2026-11-28/v1/chat/completions/")
+    assert result.key.startswith(
+        "orgs/org-lark/inputs_outputs/2026-11-28/T100000Z/v1/chat/completions/"
+    )
     assert result.tags["residency-training"] == "opt-in"
     assert result.placement.region is Region.CA
     zdr = await router.explain(
@@ -465,3 +474,24 @@ async def test_explain_sends_no_s3_request(
     with pytest.raises(InvalidArgumentError, match="operation"):
         await router.explain("org-acme", operation="fly")
     assert len(requests_sent) == 0
+
+
+async def test_exchanges_stored_without_a_time_go_only_after_their_whole_day(
+    router: ResidencyRouter, residency_world: ResidencyWorld
+) -> None:
+    # Keys written before the time segment existed: .../YYYY-MM-DD/{endpoint}/{uuid}.json.
+    us = residency_world.s3("us")
+    legacy = "orgs/org-stars/inputs_outputs/2026-12-21/v1/chat/completions/old.json"
+    us.put_object(
+        Bucket=residency_world.bucket("us"),
+        Key=legacy,
+        Body=b"{}",
+        ServerSideEncryption="aws:kms",
+        SSEKMSKeyId=residency_world.key_arn("us"),
+    )
+    report = await router.purge_expired(now=datetime(2026, 12, 21, 23, 59, 59, tzinfo=UTC))
+    assert report.by_region[Region.US].versions == 0
+    assert versions_under(residency_world, "us", legacy)
+    report = await router.purge_expired(now=datetime(2026, 12, 22, 0, 0, 0, tzinfo=UTC))
+    assert report.by_region[Region.US].versions == 1
+    assert versions_under(residency_world, "us", legacy) == []
