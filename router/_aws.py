@@ -152,6 +152,9 @@ class NoRedirectAIOHTTPSession(AIOHTTPSession):
 
     async def _get_session(self, proxy_url: str | None) -> Any:
         session = await super()._get_session(proxy_url)  # type: ignore[misc]
+        # aiohttp re-sends an idempotent request once, silently, when a connection drops:
+        # the retry budget must count the requests actually sent (one retry layer).
+        session._retry_connection = False
         return _NoRedirectClientSession(session)
 
 

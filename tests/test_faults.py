@@ -177,3 +177,22 @@ async def test_put_cancelled_while_creating_its_upload_leaves_no_upload(
     s3 = residency_world.s3("eu")
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert residency_world.all_versions("eu") == []
+
+
+@pytest.mark.parametrize("kind", ["reset_response", "reset_request"])
+async def test_retry_budget_counts_the_requests_actually_sent(
+    residency_world: ResidencyWorld, proxy: FaultProxy, kind: str
+) -> None:
+    # aiohttp would re-send an idempotent request once, silently, on a dropped connection:
+    # a region would then see twice the attempts the budget allows (issue 12.4).
+    settings = proxied_settings(residency_world, proxy, retry_max_attempts=3, retry_deadline_s=20.0)
+    bucket = residency_world.bucket("eu")
+    async with ResidencyRouter.from_settings(settings) as router:
+        proxy.seen.clear()
+        proxy.plan.rate = 1.0
+        proxy.plan.kinds = (kind,)
+        with pytest.raises(RegionUnavailableError):
+            await router.put("org-acme", "reset.txt", b"body" * 64)
+        proxy.plan.rate = 0.0
+    sent = [s for s in proxy.seen if s.bucket == bucket and s.method == "PUT"]
+    assert len(sent) == settings.retry_max_attempts

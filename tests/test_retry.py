@@ -12,7 +12,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from router._retry import RetryPolicy, is_transient, is_unprocessed
+from router._retry import BASE_WAIT_S, THROTTLE_WAIT_S, RetryPolicy, is_transient, is_unprocessed
 
 
 def client_error(code: str, status: int) -> ClientError:
@@ -68,32 +68,44 @@ async def attempt(policy: RetryPolicy, operation: Flaky, idempotent: bool = True
 
 async def test_retry_recovers_within_attempts() -> None:
     operation = Flaky([client_error("SlowDown", 503), ConnectionClosedError(endpoint_url="u")])
-    assert await attempt(RetryPolicy(4, 5.0, base_wait_s=0.001), operation) == "ok"
+    assert (
+        await attempt(RetryPolicy(4, 5.0, base_wait_s=0.001, throttle_wait_s=0.001), operation)
+        == "ok"
+    )
     assert operation.calls == 3
 
 
 async def test_retry_gives_up_after_max_attempts_with_last_error() -> None:
     operation = Flaky([client_error("SlowDown", 503)] * 10)
     with pytest.raises(ClientError, match="SlowDown"):
-        await attempt(RetryPolicy(3, 5.0, base_wait_s=0.001), operation)
+        await attempt(RetryPolicy(3, 5.0, base_wait_s=0.001, throttle_wait_s=0.001), operation)
     assert operation.calls == 3
 
 
 async def test_retry_never_repeats_permanent_errors() -> None:
     operation = Flaky([client_error("AccessDenied", 403), client_error("SlowDown", 503)])
     with pytest.raises(ClientError, match="AccessDenied"):
-        await attempt(RetryPolicy(4, 5.0, base_wait_s=0.001), operation)
+        await attempt(RetryPolicy(4, 5.0, base_wait_s=0.001, throttle_wait_s=0.001), operation)
     assert operation.calls == 1
 
 
 async def test_non_idempotent_call_is_not_retried_after_ambiguous_failure() -> None:
     operation = Flaky([ReadTimeoutError(endpoint_url="u")])
     with pytest.raises(ReadTimeoutError):
-        await attempt(RetryPolicy(4, 5.0, base_wait_s=0.001), operation, idempotent=False)
+        await attempt(
+            RetryPolicy(4, 5.0, base_wait_s=0.001, throttle_wait_s=0.001),
+            operation,
+            idempotent=False,
+        )
     assert operation.calls == 1
     operation = Flaky([client_error("SlowDown", 503)])
     assert (
-        await attempt(RetryPolicy(4, 5.0, base_wait_s=0.001), operation, idempotent=False) == "ok"
+        await attempt(
+            RetryPolicy(4, 5.0, base_wait_s=0.001, throttle_wait_s=0.001),
+            operation,
+            idempotent=False,
+        )
+        == "ok"
     )
 
 
@@ -101,5 +113,34 @@ async def test_retry_stops_at_the_deadline() -> None:
     operation = Flaky([client_error("SlowDown", 503)] * 100)
     with pytest.raises(ClientError):
         await attempt(RetryPolicy(100, 0.3, base_wait_s=0.05, max_wait_s=0.1), operation)
-    # Waits of at least 50 ms each cannot fit 100 attempts into 0.3 s, however slow the host.
+    # 99 full-jitter waits from [0, 100 ms] add up to about 5 s: far more than 0.3 s.
     assert 2 <= operation.calls < 100
+
+
+def throttled() -> ClientError:
+    return client_error("SlowDown", 503)
+
+
+def test_backoff_is_full_jitter_with_a_longer_base_for_throttling() -> None:
+    policy = RetryPolicy(4, 20.0)
+    transient = [policy.backoff_s(client_error("InternalError", 500), 1) for _ in range(4000)]
+    throttling = [policy.backoff_s(throttled(), 1) for _ in range(4000)]
+    second = [policy.backoff_s(throttled(), 2) for _ in range(4000)]
+    assert 0.0 <= min(transient) < 0.02
+    assert max(transient) <= BASE_WAIT_S
+    assert max(throttling) <= THROTTLE_WAIT_S
+    assert max(second) <= 2 * THROTTLE_WAIT_S
+    assert 0.4 < sum(throttling) / len(throttling) < 0.6  # uniform over [0, 1 s]
+    assert 0.9 < sum(second) / len(second) < 1.1
+
+
+def test_a_300ms_burst_of_503s_is_survived_as_often_as_the_sdks_do() -> None:
+    # With 3 attempts a write survives the burst when its two waits add up past 300 ms;
+    # botocore's standard mode does about 98% of the time, the old 50 ms base never did.
+    policy = RetryPolicy(3, 20.0)
+    runs = 10_000
+    survived = sum(
+        policy.backoff_s(throttled(), 1) + policy.backoff_s(throttled(), 2) >= 0.3
+        for _ in range(runs)
+    )
+    assert survived / runs >= 0.95
