@@ -26,14 +26,8 @@ from tenacity import (
 
 T = TypeVar("T")
 
-TRANSIENT_CODES = frozenset(
+THROTTLING_CODES = frozenset(
     {
-        "500",
-        "502",
-        "503",
-        "504",
-        "InternalError",
-        "ServiceUnavailable",
         "SlowDown",
         "Throttling",
         "ThrottlingException",
@@ -41,12 +35,25 @@ TRANSIENT_CODES = frozenset(
         "RequestThrottled",
         "RequestThrottledException",
         "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "503",
+    }
+)
+
+TRANSIENT_CODES = THROTTLING_CODES | frozenset(
+    {
+        "500",
+        "502",
+        "504",
+        "InternalError",
+        "ServiceUnavailable",
         "RequestTimeout",
         "RequestTimeoutException",
         "KMSInternalException",
-        "ProvisionedThroughputExceededException",
     }
 )
+"""Answers worth retrying in the same region: throttling, and failures of the service."""
 
 TRANSIENT_TRANSPORT: tuple[type[BaseException], ...] = (
     ConnectionClosedError,
@@ -90,21 +97,6 @@ def is_unprocessed(exc: BaseException) -> bool:
         return is_transient(exc)
     return isinstance(exc, EndpointConnectionError | ConnectTimeoutError)
 
-
-THROTTLING_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
-        "503",
-    }
-)
 
 BASE_WAIT_S = 0.25
 """Transient failures wait a full-jitter draw from [0, 0.25 s x 2^(retry - 1)]."""
