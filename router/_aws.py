@@ -23,7 +23,7 @@ import asyncio
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 import aiohttp
 import boto3
@@ -206,8 +206,8 @@ def redirect_guard(service: str, aws_region: str, bucket: str | None = None) -> 
     return guard
 
 
-def _remove_region_redirector(client: Any) -> bool:
-    """Unregister botocore's S3 region redirector from ``client``; True when it was there.
+def _remove_region_redirector(client: Any) -> None:
+    """Unregister botocore's S3 region redirector from ``client``.
 
     The redirector exists to re-send a request to whatever region S3 names in an error,
     which residency forbids. It is not what keeps data in place (the guard refuses such
@@ -221,7 +221,7 @@ def _remove_region_redirector(client: Any) -> bool:
             "needs-retry.s3.GetObject"
         )
     except AttributeError:
-        return False
+        return
     redirectors = {
         owner
         for owner in (getattr(handler, "__self__", None) for handler in handlers)
@@ -231,7 +231,6 @@ def _remove_region_redirector(client: Any) -> bool:
         events.unregister("needs-retry.s3", redirector.redirect_from_error)
         events.unregister("before-parameter-build.s3", redirector.annotate_request_context)
         events.unregister("before-endpoint-resolution.s3", redirector.redirect_from_cache)
-    return bool(redirectors)
 
 
 def _harden(client: Any, service: str, aws_region: str, bucket: str | None) -> Any:
@@ -265,26 +264,6 @@ class AioClient:
         await self._context.__aexit__(*exc)
 
 
-@overload
-def open_aio_client(
-    session: AioSession,
-    service: Literal["s3"],
-    aws_region: AwsRegion | str,
-    transport: Transport,
-    *,
-    bucket: str | None = None,
-    credentials: dict[str, str] | None = None,
-) -> AioClient: ...
-@overload
-def open_aio_client(
-    session: AioSession,
-    service: Literal["kms", "dynamodb"],
-    aws_region: AwsRegion | str,
-    transport: Transport,
-    *,
-    bucket: str | None = None,
-    credentials: dict[str, str] | None = None,
-) -> AioClient: ...
 def open_aio_client(
     session: AioSession,
     service: Service,

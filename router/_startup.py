@@ -76,13 +76,14 @@ async def start(
     )
     stack.push_async_callback(directory.aclose)
     clients = await stack.enter_async_context(RegionClients(region_map, settings))
+    bulk = BulkStore(clients)
     wiring = Wiring(
         region_map,
         clients,
         ObjectStore(clients, settings),
-        BulkStore(clients),
+        bulk,
         Resolver(directory, region_map, {}),
-        RetentionSweeper(BulkStore(clients), region_map),
+        RetentionSweeper(bulk, region_map),
     )
     if settings.verify_on_start == "off":
         checks = await _resolve_keys(wiring)

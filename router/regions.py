@@ -442,7 +442,7 @@ def _build_processing(
 ) -> ProcessingConfig | None:
     section = raw.processing
     problem = processing_region_problem(
-        section.default_region, raw.regions.keys(), _without_endpoint(raw, regions)
+        section.default_region, raw.regions.keys(), _without_endpoint(raw)
     )
     if problem is not None:
         problems.append(f"processing.default_region: {problem}")
@@ -493,7 +493,7 @@ def _build_orgs(
             org_id,
             entry,
             configured=raw.regions.keys(),
-            without_endpoint=_without_endpoint(raw, regions),
+            without_endpoint=_without_endpoint(raw),
             default_days=raw.retention.inputs_outputs_days,
             allowed_days=None if retention is None else retention.allowed_days,
         )
@@ -503,7 +503,5 @@ def _build_orgs(
     return orgs
 
 
-def _without_endpoint(raw: _RawMap, regions: Mapping[Region, RegionConfig]) -> set[str]:
-    return {code for code, cfg in raw.regions.items() if cfg.processing_endpoint is None} | {
-        cfg.region.value for cfg in regions.values() if cfg.processing_endpoint is None
-    }
+def _without_endpoint(raw: _RawMap) -> set[str]:
+    return {code for code, cfg in raw.regions.items() if cfg.processing_endpoint is None}
