@@ -100,8 +100,30 @@ class RouterSettings(BaseSettings):
     multipart_part_size: Annotated[int, Field(ge=MIN_PART_SIZE, le=5 * 1024 * MiB)] = 8 * MiB
     multipart_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
     audit_hmac_secret: SecretStr | None = None
+    clock_skew_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    """Margin added to ``cache_ttl_s`` before a scheduled org change takes effect."""
+    move_concurrency: Annotated[int, Field(ge=1, le=256)] = 16
+    """Server-side copies (and checks) a move runs at once."""
+    audit_concurrency: Annotated[int, Field(ge=1, le=256)] = 16
+    """Object checks a residency audit runs at once per region."""
+    purge_interval_s: Annotated[float, Field(gt=0)] = 3600.0
+    """How often ``purge_expired`` runs; the audit flags exchanges kept longer past expiry."""
     proxy_url: str | None = None
     """The only proxy the router's clients use (environment proxies are always ignored)."""
+
+    @property
+    def change_delay_s(self) -> float:
+        """How far ahead a scheduled org change takes effect: ``cache_ttl_s + clock_skew_s``."""
+        return self.cache_ttl_s + self.clock_skew_s
+
+    @property
+    def longest_request_s(self) -> float:
+        """The longest one write or read can take.
+
+        Every retry up to ``retry_deadline_s``, then a last attempt that connects and waits
+        for its answer in full.
+        """
+        return self.retry_deadline_s + self.connect_timeout_s + self.read_timeout_s
 
     @field_validator("endpoint_url")
     @classmethod

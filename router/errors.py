@@ -10,6 +10,8 @@
     ├── DirectoryUnavailableError         directory failed or returned a bad record (retryable)
     ├── ObjectNotFoundError
     ├── ProcessingNotEligibleError        endpoint not processable for this org
+    ├── OrgMovingError                    the org's writes are fenced while it moves (retryable)
+    ├── OrgRecordConflictError            another change to the record came first (retryable)
     ├── ResidencyViolationError           redirect, foreign region or key, owner mismatch
     ├── StorageError                      S3/KMS refused for good; carries the AWS code
     └── RegionUnavailableError            failed after retries (retryable, same region only)
@@ -73,6 +75,26 @@ class ObjectNotFoundError(ResidencyError):
 
 class ProcessingNotEligibleError(ResidencyError):
     """Do not send this call: the endpoint cannot be processed for this org."""
+
+
+class OrgMovingError(ResidencyError):
+    """Retry later: the org is moving between regions and its writes are fenced meanwhile.
+
+    Reads keep working. The fence lasts from the move's fence instant to its switch; a retry
+    after the switch writes to the new region.
+    """
+
+    retryable = True
+
+
+class OrgRecordConflictError(ResidencyError):
+    """Re-read the org record and retry: another change to it came first.
+
+    Either another writer wrote the next version, or a change is still scheduled and must
+    take effect before the next one is written.
+    """
+
+    retryable = True
 
 
 class ResidencyViolationError(ResidencyError):

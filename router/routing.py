@@ -5,25 +5,22 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping
-from datetime import datetime
 from typing import Any, TypeVar
 
 from router import _startup
+from router._admin import OrgAdmin
 from router._resolve import Resolved, checked_key
 from router._s3.objects import Body
-from router._startup import RouterLifecycle, Wiring
+from router._startup import Wiring
 from router.audit import OperationAudit
-from router.errors import UnknownOrgError
 from router.explain import explain as explain_decision
 from router.inputs import (
     check_content_type,
     check_metadata,
     list_prefix,
     parse_data_class,
-    parse_now,
     parse_operation,
     parse_org_id,
-    parse_region,
     split_object_key,
 )
 from router.policy import (
@@ -32,7 +29,6 @@ from router.policy import (
     decide_processing,
     decide_put,
     endpoint_rule,
-    erase_target,
     exchange_document,
     write_receipt,
 )
@@ -40,15 +36,11 @@ from router.retention import training_eligible
 from router.types import (
     DataClass,
     DeleteReceipt,
-    ErasureReceipt,
     Explanation,
     ObjectInfo,
     Operation,
-    OrgResidency,
     Placement,
     ProcessingRoute,
-    PurgeReport,
-    Region,
     VerifyReport,
     WriteReceipt,
 )
@@ -56,7 +48,7 @@ from router.types import (
 T = TypeVar("T")
 
 
-class ResidencyRouter(RouterLifecycle):
+class ResidencyRouter(OrgAdmin):
     """Routes every org's data to its residency region, and nowhere else.
 
     Make one with :meth:`from_settings` and use it as an async context manager; entering
@@ -353,64 +345,6 @@ class ResidencyRouter(RouterLifecycle):
                 content_type="application/json",
             )
         return write_receipt(decision, result.version_id, result.sha256)
-
-    async def purge_expired(self, *, now: datetime | None = None) -> PurgeReport:
-        """Delete every version of inputs/outputs whose expiry day is on or before ``now``.
-
-        Sweeps every region's bucket (not the directory), and aborts inputs/outputs
-        multipart uploads started more than a day before ``now``. ``now`` defaults to the
-        router's clock and must be timezone-aware.
-
-        Raises:
-            TypeError: ``now`` is not a datetime.
-            InvalidArgumentError: ``now`` has no timezone.
-            ResidencyError: a region failed; every region was attempted first.
-        """
-        with self._audit.operation("purge") as op:
-            wiring = self._open()
-            moment = parse_now(self._clock() if now is None else now)
-            op.data_class = DataClass.INPUTS_OUTPUTS.value
-            op.acting()
-            report = await wiring.sweeper.purge(moment)
-            op.items = sum(r.versions for r in report.by_region.values())
-        return report
-
-    async def erase_org(
-        self,
-        org_id: str,
-        *,
-        data_class: DataClass | str | None = None,
-        region: Region | str | None = None,
-    ) -> ErasureReceipt:
-        """Delete all of an org's data (or one class), every version, and abort its uploads.
-
-        Runs in the org's region only. ``region`` names it for an org no longer in the
-        directory; for a known org it must agree with the directory. Erasing twice is safe.
-
-        Raises:
-            UnknownOrgError: the org is not in the directory and no ``region`` was given.
-            ResidencyViolationError: ``region`` contradicts the directory.
-            InvalidArgumentError: bad data class, or a region the map does not configure.
-            ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
-        """
-        with self._audit.operation("erase", org_id) as op:
-            wiring = self._open()
-            org = parse_org_id(org_id)
-            cls = None if data_class is None else parse_data_class(data_class)
-            named = None if region is None else parse_region(region)
-            op.data_class = None if cls is None else cls.value
-            try:
-                record: OrgResidency | None = (await wiring.resolver.resolve(org)).record
-            except UnknownOrgError:
-                if named is None:
-                    raise
-                record = None
-            target = erase_target(org, record, named, wiring.region_map.regions)
-            op.region = target.value
-            op.acting()
-            receipt = await wiring.sweeper.erase(wiring.region_map.region(target), org, target, cls)
-            op.items = receipt.versions_deleted
-        return receipt
 
     def list_training_eligible(self, org_id: str) -> AsyncGenerator[ObjectInfo, None]:
         """Yield the org's objects that may be used for training.

@@ -73,8 +73,48 @@ def retention_tag_value(days: int | None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class OrgValues:
+    """The values of an org record that a scheduled change replaces at its instant."""
+
+    region: Region
+    processing_region: Region | None = None
+    retention_days: int = 30
+    zero_data_retention: bool = False
+    training_opt_in: bool = False
+
+
+MovePhase = Literal["copying", "fenced", "switched"]
+"""Where a move stands: first copy running; writes fenced (from ``fence_at``); switch
+scheduled (from ``switch_at`` every router reads and writes the target, then the source is
+cleaned)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrgMove:
+    """A move in progress, recorded in the org's record so that it can resume."""
+
+    from_region: Region
+    to_region: Region
+    phase: MovePhase
+    started_at: datetime
+    fence_at: datetime | None = None
+    """From this instant every router refuses the org's writes until the switch."""
+    switch_at: datetime | None = None
+    objects_copied: int = 0
+    bytes_copied: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class OrgResidency:
-    """One org's residency record, as the directory returns it."""
+    """One org's residency record, as the directory returns it.
+
+    Records are versioned. A change is written as the next ``version`` with the new values
+    here and the values before it in ``previous``; every router applies ``previous`` before
+    ``effective_at`` and these values from it (``effective_at`` is never earlier than the
+    write plus ``cache_ttl_s`` plus ``clock_skew_s``, so no cache can hold a record older
+    than the change past that instant). ``move`` is set while the org moves between regions;
+    ``moved_from`` lists the regions it has left (``erase_org`` may still erase there).
+    """
 
     org_id: OrgId
     region: Region
@@ -82,6 +122,22 @@ class OrgResidency:
     retention_days: int = 30
     zero_data_retention: bool = False
     training_opt_in: bool = False
+    version: int = 0
+    effective_at: datetime | None = None
+    previous: OrgValues | None = None
+    move: OrgMove | None = None
+    moved_from: tuple[Region, ...] = ()
+
+    @property
+    def values(self) -> OrgValues:
+        """The values this version sets (from ``effective_at`` on)."""
+        return OrgValues(
+            self.region,
+            self.processing_region,
+            self.retention_days,
+            self.zero_data_retention,
+            self.training_opt_in,
+        )
 
 
 ProblemKind = Literal["violation", "unavailable", "storage"]
@@ -168,6 +224,71 @@ class ErasureReceipt:
     objects_deleted: int
     versions_deleted: int
     uploads_aborted: int
+
+
+@dataclass(frozen=True, slots=True)
+class MoveReceipt:
+    """What a move did (or, with ``dry_run``, would do)."""
+
+    org_id: OrgId
+    from_region: Region
+    to_region: Region
+    objects_copied: int
+    bytes_copied: int
+    versions_deleted: int
+    uploads_aborted: int
+    writes_fenced_s: float
+    started_at: datetime
+    finished_at: datetime
+    dry_run: bool = False
+    phases: tuple[str, ...] = ()
+    """The phases in order, each in words (what was done, or would be with ``dry_run``)."""
+
+
+AuditKind = Literal[
+    "wrong_region",
+    "unknown_org",
+    "unencrypted",
+    "wrong_key",
+    "bad_tags",
+    "expired",
+    "stale_upload",
+    "foreign_key",
+]
+"""What an audit finding breaks: outside the org's region, an org the directory does not
+know, not SSE-KMS, SSE-KMS under another key, missing or wrong residency tags, an exchange
+kept past its expiry by more than one sweep, an upload older than a day, a key outside the
+``orgs/{org_id}/{data_class}/`` layout."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFinding:
+    """One object version or upload that breaks a residency promise."""
+
+    region: Region
+    bucket: str
+    key: str
+    kind: AuditKind
+    detail: str
+    org_id: str | None = None
+    version_id: str | None = None
+    upload_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    """What a residency audit found; ``ok`` only when every region was checked and is clean.
+
+    ``unchecked`` names each region that could not be checked (the CLI exits 2 then).
+    """
+
+    ok: bool
+    findings: tuple[AuditFinding, ...]
+    versions_checked: Mapping[Region, int]
+    uploads_checked: Mapping[Region, int]
+    unchecked: Mapping[Region, str]
+    started_at: datetime
+    finished_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
