@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from datetime import datetime
 
+from router._resolve import Resolved
 from router._startup import RouterLifecycle
 from router.errors import InvalidArgumentError, UnknownOrgError
 from router.inputs import parse_data_class, parse_now, parse_org_id, parse_region
 from router.policy import erase_target
+from router.records import erase_regions
 from router.scan import ResidencyScanner
 from router.types import (
     AuditReport,
@@ -57,12 +59,15 @@ class OrgAdmin(RouterLifecycle):
     ) -> ErasureReceipt:
         """Delete all of an org's data (or one class), every version, and abort its uploads.
 
-        Runs in the org's region only. ``region`` names it for an org no longer in the
-        directory; for a known org it must agree with the directory. Erasing twice is safe.
+        Runs in one region only: the org's. ``region`` names it for an org no longer in the
+        directory; for a known org it must be its region, a region it has left (its record's
+        move history) or, while it moves, the move's target. Erasing twice is safe.
 
         Raises:
             UnknownOrgError: the org is not in the directory and no ``region`` was given.
-            ResidencyViolationError: ``region`` contradicts the directory.
+            ResidencyViolationError: ``region`` is one the org never lived in.
+            OrgMovingError: the org's writes are fenced while it moves (retry after the
+                switch).
             InvalidArgumentError: bad data class, or a region the map does not configure.
             ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
         """
@@ -73,12 +78,16 @@ class OrgAdmin(RouterLifecycle):
             named = None if region is None else parse_region(region)
             op.data_class = None if cls is None else cls.value
             try:
-                record: OrgResidency | None = (await wiring.resolver.resolve(org)).record
+                resolved: Resolved | None = await wiring.resolver.resolve(org)
             except UnknownOrgError:
                 if named is None:
                     raise
-                record = None
-            target = erase_target(org, record, named, wiring.region_map.regions)
+                resolved = None
+            record = None if resolved is None else resolved.record
+            lived = () if resolved is None else erase_regions(resolved.raw, self._clock())
+            target = erase_target(org, record, named, wiring.region_map.regions, lived)
+            if resolved is not None and target is resolved.place.region:
+                resolved.check_writable()
             op.region = target.value
             op.acting()
             receipt = await wiring.sweeper.erase(wiring.region_map.region(target), org, target, cls)

@@ -7,24 +7,43 @@ invalidated together.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from router.errors import DirectoryUnavailableError
 from router.inputs import object_key, parse_data_class, parse_org_id, plain_object_key
 from router.orgs import CachedOrgDirectory
 from router.policy import KeptTags, kept_tags, placement
+from router.records import effective, fence_error, is_fenced, next_instant
 from router.regions import RegionMap
 from router.types import DataClass, OrgId, OrgResidency, Placement, Region
 
 
 @dataclass(slots=True)
 class Resolved:
-    """An org's record with what the hot path derives from it, computed once per record."""
+    """An org's record as it applies now, with what the hot path derives from it.
+
+    Computed once per cached record and instant: ``until`` is the next instant of the
+    record's schedule (a change taking effect, a move's write fence), after which it is
+    derived again; ``raw`` is the record as the directory holds it.
+    """
 
     record: OrgResidency
     place: Placement
+    raw: OrgResidency
+    until: datetime | None = None
+    fenced: bool = False
     kept: dict[DataClass, KeptTags] = field(default_factory=dict)
+
+    def check_writable(self) -> None:
+        """Raise unless the org's writes are allowed now.
+
+        Raises:
+            OrgMovingError: the org's writes are fenced while it moves.
+        """
+        if self.fenced:
+            raise fence_error(self.raw)
 
     def tags_for(self, data_class: DataClass) -> KeptTags | None:
         """The precomputed tags of a kept data class (None for inputs/outputs)."""
@@ -37,14 +56,19 @@ class Resolved:
 class Resolver:
     """Turns org ids into :class:`Resolved` records through the cached directory."""
 
-    __slots__ = ("_directory", "_key_arns", "_map")
+    __slots__ = ("_clock", "_directory", "_key_arns", "_map")
 
     def __init__(
-        self, directory: CachedOrgDirectory, region_map: RegionMap, key_arns: Mapping[Region, str]
+        self,
+        directory: CachedOrgDirectory,
+        region_map: RegionMap,
+        key_arns: Mapping[Region, str],
+        clock: Callable[[], datetime],
     ) -> None:
         self._directory = directory
         self._map = region_map
         self._key_arns = key_arns
+        self._clock = clock
 
     def key_arn(self, region: Region) -> str | None:
         """The key ARN in use for a region, if any yet."""
@@ -64,7 +88,12 @@ class Resolver:
     def warm(self, org: str) -> Resolved | None:
         """The org's resolved record when the cache holds it (no await), else None."""
         resolved = self._directory.derived(org)
-        return resolved if resolved.__class__ is Resolved else None
+        if resolved.__class__ is not Resolved:
+            return None
+        # Records with a schedule are derived again at its next instant (one clock read).
+        if resolved.until is not None and self._clock() >= resolved.until:
+            return None
+        return resolved
 
     async def resolve(self, org: OrgId) -> Resolved:
         """Resolve through the directory (cache first).
@@ -77,19 +106,33 @@ class Resolver:
         resolved = self.warm(org)
         if resolved is not None:
             return resolved
-        record = await self._directory.lookup(org)
+        raw = await self._directory.lookup(org)
         resolved = self.warm(org)
-        if resolved is not None and resolved.record is record:
+        if resolved is not None and resolved.raw is raw:
             return resolved
+        now = self._clock()
+        record = effective(raw, now)
         place = placement(record, self._map, self._key_arns)
         if place is None:
             raise DirectoryUnavailableError(
                 f"org directory places org {org} in region {record.region.value}, which the "
                 "region map does not configure; nothing was sent"
             )
-        resolved = Resolved(record, place)
-        self._directory.derive(record, resolved)
+        resolved = Resolved(record, place, raw, next_instant(raw, now), is_fenced(raw, now))
+        self._directory.derive(raw, resolved)
         return resolved
+
+    async def check_writable(self, org: OrgId, region: Region) -> None:
+        """Re-check, right before a write commits, that the org still writes to ``region``.
+
+        Raises:
+            OrgMovingError: the org's writes are fenced now, or its region has changed.
+            UnknownOrgError, DirectoryUnavailableError: as for :meth:`resolve`.
+        """
+        resolved = await self.resolve(org)
+        resolved.check_writable()
+        if resolved.place.region is not region:
+            raise fence_error(resolved.raw)
 
 
 def checked_key(org_id: object, key: object, data_class: object) -> tuple[OrgId, DataClass, str]:

@@ -38,7 +38,10 @@ class Wiring:
 
 
 async def start(
-    settings: RouterSettings, given: OrgDirectory | None, stack: AsyncExitStack
+    settings: RouterSettings,
+    given: OrgDirectory | None,
+    stack: AsyncExitStack,
+    clock: Callable[[], datetime],
 ) -> Wiring:
     """Load the map, open the directory and clients, resolve keys and verify the regions.
 
@@ -82,7 +85,7 @@ async def start(
         clients,
         ObjectStore(clients, settings),
         bulk,
-        Resolver(directory, region_map, {}),
+        Resolver(directory, region_map, {}, clock),
         RetentionSweeper(bulk, region_map),
     )
     if settings.verify_on_start == "off":
@@ -216,7 +219,9 @@ class RouterLifecycle:
             raise RuntimeError("a ResidencyRouter can be entered only once")
         self._state = "starting"
         try:
-            self._wiring = await start(self._settings, self._given_directory, self._stack)
+            self._wiring = await start(
+                self._settings, self._given_directory, self._stack, self._clock
+            )
         except BaseException:
             self._state = "closed"
             await self._stack.aclose()

@@ -8,18 +8,16 @@ and keys: ``InvalidKeyError``), with the problem named and nothing sent.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TypeVar
 
 from router.errors import InvalidArgumentError, InvalidKeyError
 from router.types import (
     KEY_ROOT,
-    PROCESSING_REGIONS,
     DataClass,
     Operation,
     OrgId,
-    OrgResidency,
     Region,
     org_id_problem,
 )
@@ -335,96 +333,6 @@ def split_object_key(full_key: str) -> tuple[OrgId, DataClass, str] | None:
         return None
 
 
-def processing_region_problem(
-    value: str, configured: Collection[str], without_endpoint: Collection[str]
-) -> str | None:
-    """What is wrong with a processing region code, given the map's regions, or None."""
-    try:
-        region = Region(value)
-    except ValueError:
-        return f"unknown residency region {value!r}"
-    if region not in PROCESSING_REGIONS:
-        return f"processing can be pinned only to {' or '.join(sorted(PROCESSING_REGIONS))}"
-    if region.value not in configured:
-        return f"region {value} is not in regions"
-    if region.value in without_endpoint:
-        return f"regions.{value} has no processing_endpoint"
-    return None
-
-
 def kind_of(value: object) -> str:
     """A short name of a value's type for messages (never the value of a secret)."""
     return "nothing" if value is None else type(value).__name__
-
-
-ORG_FIELDS = frozenset(
-    {"region", "processing_region", "retention_days", "zero_data_retention", "training_opt_in"}
-)
-
-
-def org_record(
-    org_id: object,
-    fields: object,
-    *,
-    configured: Collection[str],
-    without_endpoint: Collection[str],
-    default_days: int,
-    allowed_days: Collection[int] | None,
-) -> tuple[OrgResidency | None, list[str]]:
-    """The one org-record validator: regions.yaml, DynamoDB items, ``orgs set``, any directory.
-
-    ``fields`` maps field names to plain values (``region`` a code such as ``"eu"``, booleans
-    real ``bool``, ``retention_days`` a real ``int``). Every problem is returned at once, each
-    starting with ``.field: `` (or ``: `` for the record as a whole), so callers can prefix
-    their own path.
-    """
-    problems: list[str] = []
-    if (problem := org_id_problem(org_id)) is not None:
-        problems.append(f": {problem}")
-    if not isinstance(fields, Mapping):
-        return None, [*problems, f": expected a mapping of fields, got {kind_of(fields)}"]
-    for name in sorted(str(name) for name in fields if name not in ORG_FIELDS):
-        problems.append(f".{name}: unknown field (known: {', '.join(sorted(ORG_FIELDS))})")
-    region = fields.get("region")
-    if not isinstance(region, str) or region not in _REGION_CODES:
-        problems.append(f".region: {region!r} is not a residency region ({_REGION_LIST})")
-    elif region not in configured:
-        problems.append(f".region: region {region} is not in regions")
-    pin = fields.get("processing_region")
-    if pin is not None:
-        if not isinstance(pin, str):
-            problems.append(f".processing_region: expected a region code, got {kind_of(pin)}")
-        elif (problem := processing_region_problem(pin, configured, without_endpoint)) is not None:
-            problems.append(f".processing_region: {problem}")
-    days = fields.get("retention_days", default_days)
-    if days is None:
-        days = default_days
-    if not isinstance(days, int) or isinstance(days, bool):
-        problems.append(f".retention_days: expected a whole number of days, got {kind_of(days)}")
-    elif allowed_days is not None and days not in allowed_days:
-        problems.append(
-            f".retention_days: {days} is not one of allowed_days {sorted(allowed_days)}"
-        )
-    flags: dict[str, bool] = {}
-    for name in ("zero_data_retention", "training_opt_in"):
-        value = fields.get(name, False)
-        if not isinstance(value, bool):
-            problems.append(f".{name}: expected true or false, got {kind_of(value)} {value!r}")
-        flags[name] = value is True
-    if problems:
-        return None, problems
-    return (
-        OrgResidency(
-            org_id=OrgId(plain_str(org_id)),  # type: ignore[arg-type]
-            region=Region(str(region)),
-            processing_region=None if pin is None else Region(str(pin)),
-            retention_days=int(days),
-            zero_data_retention=flags["zero_data_retention"],
-            training_opt_in=flags["training_opt_in"],
-        ),
-        [],
-    )
-
-
-_REGION_CODES = frozenset(region.value for region in Region)
-_REGION_LIST = ", ".join(region.value for region in Region)

@@ -6,19 +6,23 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from router._aws import Transport, new_aio_session, open_aio_client
-from router._retry import RetryPolicy
-from router.errors import DirectoryUnavailableError, ResidencyError, UnknownOrgError
-from router.inputs import org_record
+from router._dynamodb import DynamoDBOrgDirectory, dynamodb_item
+from router.errors import ConfigError, DirectoryUnavailableError, ResidencyError, UnknownOrgError
 from router.regions import RegionMap
-from router.types import OrgId, OrgResidency, Region
+from router.types import OrgId, OrgResidency
 
-if TYPE_CHECKING:
-    from types_aiobotocore_dynamodb import DynamoDBClient
+__all__ = [
+    "CachedOrgDirectory",
+    "DynamoDBOrgDirectory",
+    "OrgDirectory",
+    "StaticOrgDirectory",
+    "WritableOrgDirectory",
+    "dynamodb_item",
+]
 
 RecordCheck = Callable[[object], tuple[OrgResidency | None, list[str]]]
 
@@ -35,6 +39,29 @@ class OrgDirectory(Protocol):
             DirectoryUnavailableError: the backend failed; retry later.
         """
         ...
+
+
+@runtime_checkable
+class WritableOrgDirectory(OrgDirectory, Protocol):
+    """A directory whose records can change at run time (``update_org``, ``move_org``)."""
+
+    async def write(self, record: OrgResidency, *, expected_version: int | None) -> None:
+        """Write ``record`` only if the stored version is ``expected_version``.
+
+        ``expected_version`` None means the org must not exist yet.
+
+        Raises:
+            OrgRecordConflictError: the stored version differs; nothing was written.
+            DirectoryUnavailableError: the backend failed.
+        """
+        ...
+
+
+STATIC_REFUSAL = (
+    "org records of a static directory (regions.yaml orgs:, or a StaticOrgDirectory) cannot "
+    "change at run time: use a DynamoDB directory (set RESIDENCY_DIRECTORY_TABLE; "
+    "residency-router orgs set / orgs move) or pass a directory that implements write()"
+)
 
 
 class StaticOrgDirectory:
@@ -60,6 +87,14 @@ class StaticOrgDirectory:
             return self._orgs[org_id]
         except KeyError:
             raise UnknownOrgError(org_id) from None
+
+    async def write(self, record: OrgResidency, *, expected_version: int | None) -> None:
+        """Refuse: a static directory's records change only by editing its source.
+
+        Raises:
+            ConfigError: always; the message names the alternative.
+        """
+        raise ConfigError(STATIC_REFUSAL)
 
 
 @dataclass(slots=True)
@@ -257,217 +292,3 @@ def _consume_exception(task: asyncio.Task[OrgResidency]) -> None:
     # Every waiter may have been cancelled; retrieve the error so asyncio does not log it.
     if not task.cancelled():
         task.exception()
-
-
-def dynamodb_item(record: OrgResidency) -> dict[str, Any]:
-    """Return an org record as a DynamoDB item of ``DynamoDBOrgDirectory``'s schema."""
-    item: dict[str, Any] = {
-        "org_id": {"S": record.org_id},
-        "region": {"S": record.region.value},
-        "retention_days": {"N": str(record.retention_days)},
-        "zero_data_retention": {"BOOL": record.zero_data_retention},
-        "training_opt_in": {"BOOL": record.training_opt_in},
-    }
-    if record.processing_region is not None:
-        item["processing_region"] = {"S": record.processing_region.value}
-    return item
-
-
-_ITEM_TYPES = {
-    "region": "S",
-    "processing_region": "S",
-    "retention_days": "N",
-    "zero_data_retention": "BOOL",
-    "training_opt_in": "BOOL",
-}
-
-
-def _item_fields(item: Mapping[str, Any]) -> tuple[dict[str, object], list[str]]:
-    """Turn a DynamoDB item's attributes into plain fields for the record validator."""
-    fields: dict[str, object] = {}
-    problems: list[str] = []
-    for name, value in item.items():
-        if name == "org_id":
-            continue
-        kind = _ITEM_TYPES.get(name)
-        if kind is None:
-            fields[name] = value  # the validator names unknown fields
-            continue
-        if not isinstance(value, Mapping) or set(value) != {kind}:
-            problems.append(f".{name}: must be a DynamoDB {kind}")
-            continue
-        raw = value[kind]
-        if kind == "N":
-            try:
-                fields[name] = int(str(raw), 10)
-            except ValueError:
-                problems.append(f".{name}: {raw!r} is not a whole number")
-        else:
-            fields[name] = raw
-    return fields, problems
-
-
-class DynamoDBOrgDirectory:
-    """Org records in a DynamoDB table; an async context manager (aiobotocore).
-
-    Item schema (partition key ``org_id``, a string)::
-
-        org_id               S     the org id (1-128 ASCII letters, digits, '-', '_')
-        region               S     residency region: us, eu, jp, ca, kr, sg or in
-        processing_region    S     optional: us or eu
-        retention_days       N     optional: inputs/outputs window (default 30)
-        zero_data_retention  BOOL  optional (default false)
-        training_opt_in      BOOL  optional (default false)
-
-    Lookups are strongly consistent reads through a client from the one factory (no
-    redirects, no environment endpoints or proxies). Every item is checked by the one
-    org-record validator (against ``region_map`` when given); a bad item is
-    :class:`DirectoryUnavailableError`. The router puts its cache in front.
-    """
-
-    def __init__(
-        self,
-        table: str,
-        *,
-        aws_region: str,
-        endpoint_url: str | None = None,
-        timeout_s: float = 2.0,
-        region_map: RegionMap | None = None,
-        proxy_url: str | None = None,
-    ) -> None:
-        self.table = table
-        self.aws_region = aws_region
-        self._transport = Transport(
-            endpoint_url=endpoint_url,
-            proxy_url=proxy_url,
-            connect_timeout_s=timeout_s,
-            read_timeout_s=timeout_s,
-        )
-        self._retry = RetryPolicy(2, timeout_s)
-        self._map = region_map
-        self._stack = contextlib.AsyncExitStack()
-        self._client: DynamoDBClient | None = None
-
-    async def __aenter__(self) -> DynamoDBOrgDirectory:
-        self._client = await self._stack.enter_async_context(
-            open_aio_client(new_aio_session(), "dynamodb", self.aws_region, self._transport)
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the DynamoDB client."""
-        self._client = None
-        await self._stack.aclose()
-
-    def _require(self) -> DynamoDBClient:
-        if self._client is None:
-            raise RuntimeError("DynamoDBOrgDirectory is not open (use 'async with')")
-        return self._client
-
-    async def _call(self, what: str, operation: Callable[[], Any]) -> Any:
-        started = time.monotonic()
-        try:
-            try:
-                return await operation()
-            except Exception as exc:
-                return await self._retry.after_first(operation, exc, started)
-        except ResidencyError as exc:
-            raise DirectoryUnavailableError(
-                f"{what} DynamoDB org directory {self.table} in {self.aws_region} was refused: "
-                f"{exc}"
-            ) from exc
-        except Exception as exc:
-            raise DirectoryUnavailableError(
-                f"{what} DynamoDB org directory {self.table} in {self.aws_region} failed "
-                f"({type(exc).__name__})"
-            ) from exc
-
-    async def lookup(self, org_id: OrgId) -> OrgResidency:
-        """Return the org's record (a strongly consistent read).
-
-        Raises:
-            UnknownOrgError: no item for the org.
-            DirectoryUnavailableError: DynamoDB failed, or the item breaks the schema (the
-                message names the attribute).
-        """
-        client = self._require()
-        response = await self._call(
-            "reading",
-            lambda: client.get_item(
-                TableName=self.table, Key={"org_id": {"S": org_id}}, ConsistentRead=True
-            ),
-        )
-        item = response.get("Item")
-        if not item:
-            raise UnknownOrgError(org_id)
-        return self.record(item)
-
-    async def put(self, record: OrgResidency) -> None:
-        """Write one org's record.
-
-        Raises:
-            DirectoryUnavailableError: DynamoDB failed.
-        """
-        client = self._require()
-        await self._call(
-            "writing to", lambda: client.put_item(TableName=self.table, Item=dynamodb_item(record))
-        )
-
-    async def list(self) -> AsyncIterator[OrgResidency | DirectoryUnavailableError]:
-        """Yield every org record, or the error of an item that breaks the schema.
-
-        A full scan, for tooling: a malformed item is yielded as its error so that the rest
-        can still be listed.
-
-        Raises:
-            DirectoryUnavailableError: DynamoDB failed.
-        """
-        client = self._require()
-        start: dict[str, Any] = {}
-        while True:
-            page = await self._call(
-                "scanning",
-                lambda start=start: client.scan(  # type: ignore[misc]
-                    TableName=self.table, ConsistentRead=True, **start
-                ),
-            )
-            for item in page.get("Items", []):
-                try:
-                    yield self.record(item)
-                except DirectoryUnavailableError as exc:
-                    yield exc
-            if "LastEvaluatedKey" not in page:
-                return
-            start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}
-
-    def record(self, item: Mapping[str, Any]) -> OrgResidency:
-        """Validate one item with the one org-record validator.
-
-        Raises:
-            DirectoryUnavailableError: the item breaks the schema.
-        """
-        raw_id = item.get("org_id")
-        org_id = raw_id.get("S") if isinstance(raw_id, Mapping) else None
-        fields, problems = _item_fields(item)
-        if self._map is not None:
-            record, found = self._map.org_record(org_id, fields)
-        else:
-            record, found = org_record(
-                org_id,
-                fields,
-                configured={region.value for region in Region},
-                without_endpoint=(),
-                default_days=30,
-                allowed_days=None,
-            )
-        problems += found
-        if problems or record is None:
-            where = f"{self.table}[{org_id}]"
-            raise DirectoryUnavailableError(
-                "bad org record in the DynamoDB directory; nothing was sent: "
-                + "; ".join(f"{where}{problem}" for problem in problems)
-            )
-        return record

@@ -445,12 +445,19 @@ def _iso(moment: datetime) -> str:
 
 
 def erase_target(
-    org_id: OrgId, record: OrgResidency | None, named: Region | None, configured: Collection[Region]
+    org_id: OrgId,
+    record: OrgResidency | None,
+    named: Region | None,
+    configured: Collection[Region],
+    lived: Collection[Region] = (),
 ) -> Region:
-    """Decide where an erasure runs: the directory's region, or the one named for a gone org.
+    """Decide where an erasure runs: the org's region, or the one named.
+
+    ``named`` may be any region in ``lived`` (where the org's record says it has data: its
+    region, regions it left, a move's two), or any region for an org gone from the directory.
 
     Raises:
-        ResidencyViolationError: ``named`` contradicts the directory; nothing is deleted.
+        ResidencyViolationError: the org never lived in ``named``; nothing is deleted.
         InvalidArgumentError: ``named`` is not a region of the map.
     """
     if named is not None and named not in configured:
@@ -461,8 +468,10 @@ def erase_target(
         assert named is not None  # the caller re-raises UnknownOrgError otherwise
         return named
     if named is not None and named is not record.region:
+        if named in lived:
+            return named
         raise ResidencyViolationError(
-            f"erase_org: org {org_id} lives in {record.region.value}, not {named.value}; "
-            "nothing was deleted"
+            f"erase_org: org {org_id} lives in {record.region.value} and never lived in "
+            f"{named.value}; nothing was deleted"
         )
     return record.region

@@ -67,10 +67,14 @@ def is_fenced(record: OrgResidency, now: datetime) -> bool:
     return effective(record, now).region is move.from_region
 
 
-def fence_error(record: OrgResidency, now: datetime) -> OrgMovingError:
+def fence_error(record: OrgResidency) -> OrgMovingError:
     """The error a fenced write raises: when it may be retried, and where reads go."""
     move = record.move
-    assert move is not None
+    if move is None:
+        return OrgMovingError(
+            f"org {record.org_id}'s region changed while the write was under way; retry it "
+            "(it goes to the new region); nothing was written"
+        )
     switch = move.switch_at.isoformat() if move.switch_at is not None else "not scheduled yet"
     return OrgMovingError(
         f"org {record.org_id} is moving from {move.from_region.value} to "

@@ -13,8 +13,9 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 
+from router._orgrecord import org_record, processing_region_problem, record_fields
 from router.errors import ConfigError
-from router.inputs import ORG_FIELDS, kind_of, org_record, processing_region_problem
+from router.inputs import kind_of
 from router.types import (
     PROCESSING_REGIONS,
     AwsRegion,
@@ -252,7 +253,7 @@ class RegionMap:
         """Validate a record a directory returned; return it normalised, or the problems."""
         if not isinstance(record, OrgResidency):
             return None, [f": a directory must return OrgResidency, got {kind_of(record)}"]
-        fields = {name: getattr(record, name) for name in ORG_FIELDS}
+        fields = record_fields(record)
         checked, problems = self.org_record(record.org_id, fields)
         # In a record object the regions are Region members: a plain "eu" is a caller's bug.
         for name in ("region", "processing_region"):

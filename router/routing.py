@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 from router import _startup
@@ -102,6 +103,8 @@ class ResidencyRouter(OrgAdmin):
         if content_type is not None:
             check_content_type(content_type)
         resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
+        if resolved.fenced:
+            resolved.check_writable()
         return decide_put(resolved.record, resolved.place, cls, key, full, resolved.tags_for(cls))
 
     async def put(
@@ -144,6 +147,7 @@ class ResidencyRouter(OrgAdmin):
                 tagging=decision.tagging(),
                 content_type=content_type,
                 metadata=metadata,
+                before_commit=partial(wiring.resolver.check_writable, place.org_id, place.region),
             )
         return write_receipt(decision, result.version_id, result.sha256)
 
@@ -245,6 +249,7 @@ class ResidencyRouter(OrgAdmin):
             wiring = self._open()
             org, cls, full = checked_key(org_id, key, data_class)
             resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
+            resolved.check_writable()
             place = _acting_on(op, resolved, cls, full)
             count = await wiring.bulk.delete_object(place, full)
         return DeleteReceipt(place.org_id, place.region, key, count)
@@ -335,6 +340,7 @@ class ResidencyRouter(OrgAdmin):
                 op.skipped()
                 return write_receipt(decision, None, "")
             op.key = decision.key
+            resolved.check_writable()
             op.acting()
             document = exchange_document(endpoint, now, bytes(request), bytes(response))
             result = await wiring.objects.put(

@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import io
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -183,9 +183,16 @@ class MultipartUpload:
         self._upload_id = ""
 
     async def run(
-        self, client: S3Client, chunks: Chunks, create_args: Mapping[str, Any]
+        self,
+        client: S3Client,
+        chunks: Chunks,
+        create_args: Mapping[str, Any],
+        before_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> Mapping[str, Any]:
         """Upload everything ``chunks`` yields; return CompleteMultipartUpload's answer.
+
+        ``before_commit`` runs after the last part, right before the upload is completed;
+        whatever it raises aborts the upload (the router re-checks the org's record there).
 
         Raises:
             InvalidArgumentError: the body needs more than S3's 10,000 parts.
@@ -212,6 +219,8 @@ class MultipartUpload:
         parts: dict[int, dict[str, Any]] = {}
         try:
             await self._upload_parts(client, chunks, parts, where)
+            if before_commit is not None:
+                await before_commit()
             completed: Mapping[str, Any] = await clients.run(
                 place.aws_region, where, self._completer(client, parts)
             )

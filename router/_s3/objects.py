@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import AsyncGenerator, AsyncIterable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -76,8 +76,13 @@ class ObjectStore:
         tagging: str,
         content_type: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        before_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> PutResult:
         """Write one object under the placement's key; multipart above the threshold.
+
+        ``before_commit`` runs right before the request that makes the object exist (the
+        PutObject of a body that had to be read first, or CompleteMultipartUpload); what it
+        raises stops the write with nothing kept. A small in-memory body is sent at once.
 
         Raises:
             TypeError: the body is not bytes-like or an async iterable of bytes.
@@ -109,6 +114,8 @@ class ObjectStore:
             )
         if chunks.exhausted and chunks.pending <= threshold:
             data = chunks.take(chunks.pending)
+            if before_commit is not None:
+                await before_commit()
             return await self._put_single(client, place, key, data, chunks.sha256(), extra)
         upload = MultipartUpload(
             self._clients,
@@ -118,7 +125,7 @@ class ObjectStore:
             concurrency=self._settings.multipart_concurrency,
         )
         create = {"ChecksumAlgorithm": "SHA256", **self._encryption(place), **extra}
-        completed = await upload.run(client, chunks, create)
+        completed = await upload.run(client, chunks, create, before_commit)
         version = completed.get("VersionId")
         await self._confirm_key(client, place, key, version, completed)
         return PutResult(version, chunks.sha256())

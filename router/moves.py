@@ -1,0 +1,1 @@
+"""Fenced moves of an org between regions."""
