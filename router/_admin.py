@@ -7,18 +7,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from datetime import datetime
+from types import EllipsisType
 
 from router._resolve import Resolved
+from router._s3.copy import Copier
 from router._startup import RouterLifecycle
-from router.errors import InvalidArgumentError, UnknownOrgError
+from router.errors import ConfigError, InvalidArgumentError, UnknownOrgError
 from router.inputs import parse_data_class, parse_now, parse_org_id, parse_region
+from router.moves import Mover
+from router.orgs import STATIC_REFUSAL, StaticOrgDirectory, WritableOrgDirectory
 from router.policy import erase_target
-from router.records import erase_regions
+from router.records import erase_regions, schedule_change
 from router.scan import ResidencyScanner
 from router.types import (
     AuditReport,
     DataClass,
     ErasureReceipt,
+    MoveReceipt,
     OrgId,
     OrgResidency,
     PurgeReport,
@@ -94,6 +99,144 @@ class OrgAdmin(RouterLifecycle):
             op.items = receipt.versions_deleted
         return receipt
 
+    async def update_org(
+        self,
+        org_id: str,
+        *,
+        processing_region: Region | str | EllipsisType | None = ...,
+        retention_days: int | EllipsisType = ...,
+        zero_data_retention: bool | EllipsisType = ...,
+        training_opt_in: bool | EllipsisType = ...,
+    ) -> OrgResidency:
+        """Schedule a change to an org's record; return the written record.
+
+        Only the fields given change (``processing_region=None`` removes the pin). The
+        change is written as the next version, conditional on the current one, and takes
+        effect at the returned record's ``effective_at``: ``cache_ttl_s + clock_skew_s``
+        after now, so every router (stale caches included) switches at that instant. Until
+        then every router applies the previous values. Nothing changes (and nothing is
+        written) when the values are already those.
+
+        Raises:
+            TypeError: a value has the wrong Python type.
+            ConfigError: the directory is static (regions.yaml): it cannot change at run
+                time; the message names the alternative.
+            InvalidArgumentError: a value breaks the map's rules (the message lists each).
+            OrgMovingError: the org is moving; change it after the move.
+            OrgRecordConflictError: another change came first, or one is still scheduled.
+            UnknownOrgError, DirectoryUnavailableError: as for ``put``.
+        """
+        with self._audit.operation("update_org", org_id) as op:
+            wiring = self._open()
+            org = parse_org_id(org_id)
+            changes = _changes(
+                processing_region, retention_days, zero_data_retention, training_opt_in
+            )
+            writer = self._writer()
+            current = await wiring.resolver.directory.fresh(org)
+            op.at(current.region.value)
+            new = schedule_change(current, changes, self._clock(), self._settings.change_delay_s)
+            if new is current:
+                op.skipped()
+                return current
+            checked, problems = wiring.region_map.check_org(new)
+            if checked is None:
+                raise InvalidArgumentError(
+                    f"update_org: the change breaks the region map's rules; nothing was "
+                    f"written: {'; '.join(f'{org}{p}' for p in problems)}"
+                )
+            op.acting()
+            await writer.write(checked, expected_version=current.version)
+            wiring.resolver.directory.invalidate(org)
+        return checked
+
+    async def move_org(
+        self,
+        org_id: str,
+        to_region: Region | str,
+        *,
+        dry_run: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> MoveReceipt:
+        """Move an org's data to ``to_region`` while it keeps working; return the receipt.
+
+        Copies every current object server-side under the target's KMS key while the org
+        writes to the source, fences its writes (``OrgMovingError`` on every router from the
+        fence to the switch; reads keep working), copies what changed, verifies every object
+        (size and SHA-256), switches every router to the target at one instant, then deletes
+        everything of the org in the source. Each phase is recorded in the org's record:
+        running it again resumes where it stopped. ``dry_run`` reports the objects, bytes
+        and phases without changing anything. ``progress`` is called with the running
+        objects and bytes copied.
+
+        Raises:
+            ConfigError: the directory is static, or ``to_region`` is not in the map.
+            InvalidArgumentError: ``to_region`` is not a residency region.
+            ResidencyViolationError: the org already lives in ``to_region``.
+            OrgMovingError: the org is moving to another region.
+            OrgRecordConflictError: the record changed under the move; run it again.
+            ResidencyError: S3 or the directory failed; run it again to resume.
+        """
+        with self._audit.operation("move_org", org_id) as op:
+            self._open()
+            org = parse_org_id(org_id)
+            target = self._configured(parse_region(to_region))
+            op.region = target.value
+            writer = self._writer() if not dry_run else None
+            mover = self._mover(writer, progress)
+            op.acting()
+            receipt = await mover.move(org, target, dry_run=dry_run)
+            op.items = receipt.objects_copied
+            if dry_run:
+                op.skipped()
+        return receipt
+
+    async def abort_move(self, org_id: str) -> MoveReceipt | None:
+        """Abandon an org's move before its switch: unfence its writes, delete the copy.
+
+        Returns None when the org is not moving.
+
+        Raises:
+            ConfigError: the directory is static.
+            OrgMovingError: the switch is scheduled: the move can only be finished.
+            ResidencyError: S3 or the directory failed; run it again.
+        """
+        with self._audit.operation("abort_move", org_id) as op:
+            org = parse_org_id(org_id)
+            mover = self._mover(self._writer(), None)
+            op.acting()
+            receipt = await mover.abort(org)
+            if receipt is None:
+                op.skipped()
+        return receipt
+
+    def _writer(self) -> WritableOrgDirectory:
+        inner = self._open().resolver.directory.inner
+        if isinstance(inner, StaticOrgDirectory) or not isinstance(inner, WritableOrgDirectory):
+            raise ConfigError(STATIC_REFUSAL)
+        return inner
+
+    def _configured(self, region: Region) -> Region:
+        if region not in self._open().region_map.regions:
+            raise ConfigError(f"region {region.value} is not in the region map")
+        return region
+
+    def _mover(
+        self, writer: WritableOrgDirectory | None, progress: Callable[[int, int], None] | None
+    ) -> Mover:
+        wiring = self._open()
+        return Mover(
+            directory=wiring.resolver.directory,
+            writer=writer,
+            bulk=wiring.bulk,
+            copier=Copier(wiring.clients),
+            region_map=wiring.region_map,
+            key_arn=wiring.resolver.key_arn,
+            settings=self._settings,
+            clock=self._clock,
+            progress=progress,
+        )
+
     async def audit(
         self,
         *,
@@ -133,6 +276,30 @@ class OrgAdmin(RouterLifecycle):
             return await self._open().resolver.directory.lookup(org_id)
         except UnknownOrgError:
             return None
+
+
+def _changes(
+    processing_region: object, retention_days: object, zero_data_retention: object, training: object
+) -> dict[str, object]:
+    """The fields ``update_org`` was given, type-checked (the map's rules come after)."""
+    changes: dict[str, object] = {}
+    if processing_region is not ...:
+        changes["processing_region"] = (
+            None if processing_region is None else parse_region(processing_region)
+        )
+    if retention_days is not ...:
+        if not isinstance(retention_days, int) or isinstance(retention_days, bool):
+            raise TypeError(f"retention_days must be an int, got {type(retention_days).__name__}")
+        changes["retention_days"] = retention_days
+    for name, value in (
+        ("zero_data_retention", zero_data_retention),
+        ("training_opt_in", training),
+    ):
+        if value is not ...:
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+            changes[name] = value
+    return changes
 
 
 def _chosen_regions(

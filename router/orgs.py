@@ -207,6 +207,15 @@ class CachedOrgDirectory:
         # shield: cancelling one waiter must not cancel the lookup the others wait on.
         return await asyncio.shield(task)
 
+    async def fresh(self, org_id: OrgId) -> OrgResidency:
+        """Read the org's record from the backend (validated, like any lookup), then cache it.
+
+        Raises:
+            UnknownOrgError, DirectoryUnavailableError: as for :meth:`lookup`.
+        """
+        self.invalidate(org_id)
+        return await self.lookup(org_id)
+
     def invalidate(self, org_id: str) -> None:
         """Drop one org from the cache; its next lookup goes to the backend."""
         self._entries.pop(org_id, None)

@@ -155,10 +155,18 @@ def start_move(record: OrgResidency, to_region: Region, now: datetime) -> OrgRes
     return replace(record, version=record.version + 1, move=move)
 
 
-def fence_move(record: OrgResidency, now: datetime, delay_s: float) -> OrgResidency:
+def fence_move(
+    record: OrgResidency, now: datetime, delay_s: float, copied: tuple[int, int] = (0, 0)
+) -> OrgResidency:
     """The version that fences the org's writes from ``now + delay_s`` until the switch."""
     move = _moving(record, "copying")
-    fenced = replace(move, phase="fenced", fence_at=now + timedelta(seconds=delay_s))
+    fenced = replace(
+        move,
+        phase="fenced",
+        fence_at=now + timedelta(seconds=delay_s),
+        objects_copied=copied[0],
+        bytes_copied=copied[1],
+    )
     return replace(record, version=record.version + 1, move=fenced)
 
 
