@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from datetime import datetime
 from types import EllipsisType
 
@@ -135,6 +136,13 @@ class OrgAdmin(RouterLifecycle):
             writer = self._writer()
             current = await wiring.resolver.directory.fresh(org)
             op.at(current.region.value)
+            # The values first (what to fix), then whether the record may change now.
+            _, problems = wiring.region_map.check_org(replace(current, **changes))  # type: ignore[arg-type]
+            if problems:
+                raise InvalidArgumentError(
+                    f"update_org: the change breaks the region map's rules; nothing was "
+                    f"written: {'; '.join(f'{org}{p}' for p in problems)}"
+                )
             new = schedule_change(current, changes, self._clock(), self._settings.change_delay_s)
             if new is current:
                 op.skipped()
@@ -142,8 +150,8 @@ class OrgAdmin(RouterLifecycle):
             checked, problems = wiring.region_map.check_org(new)
             if checked is None:
                 raise InvalidArgumentError(
-                    f"update_org: the change breaks the region map's rules; nothing was "
-                    f"written: {'; '.join(f'{org}{p}' for p in problems)}"
+                    f"update_org: the scheduled record is invalid; nothing was written: "
+                    f"{'; '.join(f'{org}{p}' for p in problems)}"
                 )
             op.acting()
             await writer.write(checked, expected_version=current.version)

@@ -109,7 +109,7 @@ async def test_router_uses_dynamodb_table_when_directory_table_is_set(
     residency_world.assert_stored_in("org-lark", "a.txt", "ca")
 
 
-def test_orgs_cli_sets_shows_lists_and_refuses_moving_stored_data(
+def test_orgs_cli_sets_shows_lists_and_refuses_a_region_edit(
     world_environment: ResidencyWorld,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -128,25 +128,18 @@ def test_orgs_cli_sets_shows_lists_and_refuses_moving_stored_data(
     listed = capsys.readouterr().out
     assert all(f"{org_id}:" in listed for org_id in [*RECORDS, "org-new"])
 
-    # No stored data yet: the region may change.
-    assert main(["orgs", "set", "org-new", "--region", "in"]) == 0
-    capsys.readouterr()
-    # Stored data: the storage region may not change; other fields may.
-    world.s3("ca").put_object(
-        Bucket=world.bucket("ca"),
-        Key="orgs/org-lark/files/kept.txt",
-        Body=b"x",
-        ServerSideEncryption="aws:kms",
-        SSEKMSKeyId=world.key_arn("ca"),
-    )
+    # The storage region never changes by an edit (running routers would write to either
+    # region meanwhile): the refusal points to the move, which moves the data.
     assert main(["orgs", "set", "org-lark", "--region", "us"]) == 1
     err = capsys.readouterr().err
     assert "refused" in err
-    assert "stored data in ca" in err
+    assert "orgs move org-lark --to us" in err
     assert main(["orgs", "show", "org-lark"]) == 0
     assert "region=ca" in capsys.readouterr().out
     assert main(["orgs", "set", "org-lark", "--no-training-opt-in"]) == 0
-    assert "training_opt_in=false" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "training_opt_in=false" in out
+    assert "takes effect on every router at" in out
     assert main(["orgs", "set", "org-lark", "--retention-days", "14"]) == 2
     assert "retention_days: 14" in capsys.readouterr().err
     assert main(["orgs", "set", "org-kiku", "--processing-region", "eu"]) == 0

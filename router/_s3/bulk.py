@@ -105,6 +105,21 @@ class BulkStore:
             for item in page.get("DeleteMarkers", []):
                 yield item["Key"], item.get("VersionId"), True
 
+    async def list_uploads(
+        self, ref: BucketRef, prefix: str
+    ) -> AsyncIterator[tuple[str, str, datetime | None]]:
+        """Yield (key, upload id, initiated) for every multipart upload under ``prefix``.
+
+        Raises:
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        async for page in self._pages(
+            ref, "list_multipart_uploads", "listing multipart uploads", Prefix=prefix
+        ):
+            for upload in page.get("Uploads", []):
+                yield upload["Key"], upload["UploadId"], upload.get("Initiated")
+
     async def list_prefixes(self, ref: BucketRef, prefix: str) -> AsyncIterator[str]:
         """Yield the next-level ``/`` prefixes under ``prefix`` that hold any version.
 

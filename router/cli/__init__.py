@@ -10,17 +10,15 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from router.cli import _demo
+from router.cli import _demo, _orgs
 from router.cli._output import table as _table
 from router.config import RouterSettings
 from router.drift import CHECKS, DriftChecker
-from router.errors import ResidencyError, UnknownOrgError
+from router.errors import ResidencyError
 from router.infra import render_all
-from router.inputs import parse_org_id
-from router.orgs import DynamoDBOrgDirectory
 from router.regions import RegionMap
 from router.routing import ResidencyRouter
-from router.types import DataClass, Explanation, Operation, OrgResidency, Region
+from router.types import DataClass, Explanation, Operation, Region
 
 
 async def _verify() -> int:
@@ -95,112 +93,6 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if drifted else 0
 
 
-def _format_org(record: OrgResidency) -> str:
-    return (
-        f"{record.org_id}: region={record.region.value} "
-        f"processing_region={record.processing_region.value if record.processing_region else '-'} "
-        f"retention_days={record.retention_days} "
-        f"zero_data_retention={str(record.zero_data_retention).lower()} "
-        f"training_opt_in={str(record.training_opt_in).lower()}"
-    )
-
-
-async def _orgs(args: argparse.Namespace) -> int:
-    settings = RouterSettings().model_copy(update={"verify_on_start": "off"})
-    region_map = await asyncio.to_thread(RegionMap.load, settings.regions_file)
-    if args.orgs_command == "set" and not settings.directory_table:
-        print(
-            "residency-router: orgs set needs RESIDENCY_DIRECTORY_TABLE (a DynamoDB table); "
-            "static orgs live in regions.yaml: edit it instead",
-            file=sys.stderr,
-        )
-        return 2
-    async with ResidencyRouter.from_settings(settings) as router:
-        directory = router.directory.inner
-        if args.orgs_command == "show":
-            print(_format_org(await router.directory.lookup(parse_org_id(args.org))))
-            return 0
-        if args.orgs_command == "list":
-            bad = 0
-            if isinstance(directory, DynamoDBOrgDirectory):
-                records = []
-                async for found in directory.list():
-                    if isinstance(found, OrgResidency):
-                        records.append(found)
-                    else:
-                        bad += 1
-                        print(f"residency-router: {found}", file=sys.stderr)
-            else:
-                records = list(region_map.orgs.values())
-            for record in sorted(records, key=lambda r: r.org_id):
-                print(_format_org(record))
-            return 1 if bad else 0
-        assert isinstance(directory, DynamoDBOrgDirectory)
-        return await _set_org(args, router, directory, region_map)
-
-
-async def _set_org(
-    args: argparse.Namespace,
-    router: ResidencyRouter,
-    directory: DynamoDBOrgDirectory,
-    region_map: RegionMap,
-) -> int:
-    org_id = parse_org_id(args.org)
-    try:
-        current: OrgResidency | None = await directory.lookup(org_id)
-    except UnknownOrgError:
-        current = None
-    region = Region(args.region) if args.region else (current.region if current else None)
-    if region is None:
-        print("residency-router: a new org needs --region", file=sys.stderr)
-        return 2
-    pin = _pin(args.processing_region, current)
-    days = args.retention_days
-    if days is None:
-        days = current.retention_days if current else region_map.retention.inputs_outputs_days
-    record, problems = region_map.org_record(
-        org_id,
-        {
-            "region": region.value,
-            "processing_region": None if pin is None else pin.value,
-            "retention_days": days,
-            "zero_data_retention": _flag(args.zero_data_retention, current, "zero_data_retention"),
-            "training_opt_in": _flag(args.training_opt_in, current, "training_opt_in"),
-        },
-    )
-    if record is None:
-        print("residency-router: " + "; ".join(f"{org_id}{p}" for p in problems), file=sys.stderr)
-        return 2
-    if current is not None and current.region is not record.region:
-        # Checked through the router, in the org's current region: moving stored data
-        # between regions is a separate capability, never a side effect of a record edit.
-        async for found in router.list(org_id):
-            print(
-                f"residency-router: refused: {org_id} has stored data in "
-                f"{current.region.value} (for example {found.data_class.value} objects); "
-                f"its storage region cannot change to {record.region.value}",
-                file=sys.stderr,
-            )
-            return 1
-    await directory.put(record)
-    router.invalidate(org_id)
-    print(_format_org(record))
-    print("running routers see the change within cache_ttl_s (or at once after invalidate)")
-    return 0
-
-
-def _pin(value: str | None, current: OrgResidency | None) -> Region | None:
-    if value is None:
-        return current.processing_region if current is not None else None
-    return None if value == "none" else Region(value)
-
-
-def _flag(value: bool | None, current: OrgResidency | None, name: str) -> bool:
-    if value is not None:
-        return value
-    return bool(getattr(current, name)) if current is not None else False
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     parser = argparse.ArgumentParser(
@@ -229,23 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(CHECKS),
         help="leave a check out (repeatable); 'policy' for local worlds that are written to",
     )
-    orgs = commands.add_parser("orgs", help="show, list or set org residency records")
-    orgs_commands = orgs.add_subparsers(dest="orgs_command", required=True)
-    orgs_commands.add_parser("list", help="list every org record")
-    show = orgs_commands.add_parser("show", help="show one org record")
-    show.add_argument("org")
-    set_org = orgs_commands.add_parser(
-        "set", help="create or change an org record (DynamoDB directory only)"
-    )
-    set_org.add_argument("org")
-    set_org.add_argument("--region", choices=[r.value for r in Region])
-    set_org.add_argument(
-        "--processing-region", choices=["us", "eu", "none"], help="'none' removes the pin"
-    )
-    set_org.add_argument("--retention-days", type=int)
-    flag = argparse.BooleanOptionalAction
-    set_org.add_argument("--zero-data-retention", action=flag, default=None)
-    set_org.add_argument("--training-opt-in", action=flag, default=None)
+    _orgs.add_parser(commands)
     explain = commands.add_parser(
         "explain", help="show the decision the router would take for an org, and why"
     )
@@ -255,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--data-class", choices=[d.value for d in DataClass], default=None)
     explain.add_argument("--endpoint", default=None, help="processing endpoint path")
+    audit = commands.add_parser(
+        "audit",
+        help="check every object version and upload of every bucket against the residency "
+        "promises; exit 1 when anything is found, 2 when a region could not be checked",
+    )
+    audit.add_argument(
+        "--region",
+        action="append",
+        default=None,
+        choices=[r.value for r in Region],
+        help="audit only this region (repeatable); default: every region of the map",
+    )
+    audit.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -271,7 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check(args)
         if args.command == "orgs":
-            return asyncio.run(_orgs(args))
+            return asyncio.run(_orgs.run(args))
+        if args.command == "audit":
+            from router.cli import _audit  # lazy: only the audit needs it
+
+            return _audit.run(args)
         return asyncio.run(_verify())
     except (ResidencyError, ValidationError) as exc:
         print(f"residency-router: {type(exc).__name__}: {exc}", file=sys.stderr)
