@@ -316,7 +316,8 @@ class Mover:
             return
         if stragglers and held is not None and not _newer(found, held):
             return  # the target's is newer: written there after the switch
-        tally.bytes += await self._copier.copy(source, target, key)
+        size = await self._copier.copy(source, target, key)
+        tally.bytes += size  # after the await: concurrent copies must not lose updates
         tally.objects += 1
         if self._progress is not None:
             self._progress(tally.objects, tally.bytes)

@@ -346,6 +346,21 @@ async def test_erase_org_removes_every_version_and_upload_and_nothing_else(
     assert (again.objects_deleted, again.versions_deleted, again.uploads_aborted) == (0, 0, 0)
 
 
+async def test_erase_org_deletes_more_than_one_listing_page_of_versions(
+    router: ResidencyRouter, residency_world: ResidencyWorld
+) -> None:
+    # DeleteObjects and ListObjectVersions both stop at 1000: the erasure must go on past
+    # the first page (some S3 implementations end a listing early when its marker's version
+    # has just been deleted, so each round lists from the start).
+    eu = residency_world.s3("eu")
+    bucket = residency_world.bucket("eu")
+    for i in range(1003):
+        eu.put_object(Bucket=bucket, Key=f"orgs/org-acme/files/many/{i:05d}", Body=b"x")
+    receipt = await router.erase_org("org-acme")
+    assert (receipt.objects_deleted, receipt.versions_deleted) == (1003, 1003)
+    assert versions_under(residency_world, "eu", "orgs/org-acme/") == []
+
+
 async def test_erase_org_for_departed_org_needs_its_region(
     residency_world: ResidencyWorld, router: ResidencyRouter, residency_settings: Any
 ) -> None:

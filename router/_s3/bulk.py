@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from datetime import datetime
 from functools import partial
 from typing import Any, Protocol
@@ -90,7 +91,7 @@ class BulkStore:
 
     async def list_versions(
         self, ref: BucketRef, prefix: str
-    ) -> AsyncIterator[tuple[str, str | None, bool]]:
+    ) -> AsyncGenerator[tuple[str, str | None, bool], None]:
         """Yield (key, version id, is delete marker) for every version under ``prefix``.
 
         Raises:
@@ -183,7 +184,12 @@ class BulkStore:
         return await self.delete_versions(ref, targets)
 
     async def delete_prefix(self, ref: BucketRef, prefix: str) -> tuple[int, int]:
-        """Delete every version and delete marker under ``prefix``, in batches while listing.
+        """Delete every version and delete marker under ``prefix``, a page at a time.
+
+        Each round lists the first page again (up to 1000 versions) and deletes it, until
+        the listing is empty: continuing from a marker whose version was just deleted is
+        not reliable everywhere (some S3 implementations then end the listing early), and
+        versions written meanwhile are found too.
 
         Returns:
             (distinct keys, versions and delete markers) deleted.
@@ -194,16 +200,24 @@ class BulkStore:
         """
         keys: set[str] = set()
         versions = 0
-        batch: list[tuple[str, str | None]] = []
-        async for key, version, _ in self.list_versions(ref, prefix):
-            keys.add(key)
-            batch.append((key, version))
-            if len(batch) == DELETE_BATCH:
-                versions += await self.delete_versions(ref, batch)
-                batch = []
-        if batch:
+        last: list[tuple[str, str | None]] = []
+        while True:
+            batch: list[tuple[str, str | None]] = []
+            async with contextlib.aclosing(self.list_versions(ref, prefix)) as listing:
+                async for key, version, _ in listing:
+                    batch.append((key, version))
+                    if len(batch) == DELETE_BATCH:
+                        break
+            if not batch:
+                return len(keys), versions
+            if batch == last:
+                raise StorageError(
+                    f"S3 listed the same {len(batch)} versions in bucket {ref.bucket} again "
+                    "after deleting them; they were not deleted"
+                )
             versions += await self.delete_versions(ref, batch)
-        return len(keys), versions
+            keys.update(key for key, _ in batch)
+            last = batch
 
     async def abort_uploads(
         self,
