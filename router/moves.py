@@ -10,8 +10,9 @@ request can take, :attr:`RouterSettings.longest_request_s`)::
     settle   wait until fence + longest: every write accepted before the fence has ended
              (a multipart upload or streamed write re-checks the record before it commits)
     delta    copy what changed since the first pass, delete copies of what was deleted,
-             abort the org's uploads in the source; every object is verified as it goes
-             (same size and SHA-256 checksum in both regions)
+             abort the org's uploads in the source; every object is verified (same size
+             and SHA-256 checksum in both regions) when it is copied, and a pair whose
+             ETags are unchanged since, as listed, is not compared again
     switch   schedule the switch at now + delay: from it, every router reads and writes
              the target only; writes are refused only between the fence and the switch
     drain    wait until switch + longest: every read of the source has ended
@@ -33,7 +34,7 @@ from datetime import datetime
 from router._s3.bulk import BulkStore
 from router._s3.copy import Copier, Fingerprint
 from router.config import RouterSettings
-from router.errors import StorageError
+from router.errors import ObjectNotFoundError, StorageError
 from router.inputs import org_prefix
 from router.orgs import CachedOrgDirectory, WritableOrgDirectory
 from router.records import abort_move, fence_move, finish_move, start_move, switch_move
@@ -80,6 +81,9 @@ class Mover:
         self._concurrency = settings.move_concurrency
         self._clock = clock
         self._progress = progress
+        self._verified: dict[str, tuple[str, str]] = {}
+        """Per key: the source's and the copy's ETags when this move last found them the
+        same bytes. Lost with the process: a resumed move compares everything again."""
 
     def placement(self, org: OrgId, region: Region) -> Placement:
         """Where ``org``'s data lives in ``region``."""
@@ -264,17 +268,26 @@ class Mover:
     ) -> None:
         """Make the target's current objects the source's; delete copies of deleted ones.
 
-        ``verify``: every object must end with the same size and checksum in both.
-        ``stragglers``: after the switch, copy only what the target lacks or holds older.
+        An object whose source and copy are both unchanged since this move verified them
+        (their ETags as listed) is not looked at again; any other is compared by size and
+        SHA-256 checksum and copied when they differ. ``verify``: every object must end the
+        same in both. ``stragglers``: after the switch, copy only what the target lacks or
+        holds older, and delete nothing in it.
         """
         prefix = org_prefix(source.org_id)
+        held = {found.key: found.etag async for found in self._bulk.list_objects(target, prefix)}
         seen: set[str] = set()
         slots = asyncio.Semaphore(self._concurrency)
         failures: list[str] = []
 
-        async def one(key: str) -> None:
+        async def one(key: str, etag: str) -> None:
             try:
-                await self._sync_one(source, target, key, tally, verify, stragglers, failures)
+                known = self._verified.get(key)
+                if known is not None and known == (etag, held.get(key)):
+                    return
+                await self._sync_one(source, target, key, key in held, tally, stragglers)
+                if verify and key not in self._verified:
+                    failures.append(key)
             finally:
                 slots.release()
 
@@ -282,7 +295,7 @@ class Mover:
             async for found in self._bulk.list_objects(source, prefix):
                 seen.add(found.key)
                 await slots.acquire()  # at most `concurrency` keys in flight
-                group.create_task(one(found.key))
+                group.create_task(one(found.key, found.etag))
         if failures:
             raise StorageError(
                 f"move of org {source.org_id}: {len(failures)} objects differ in "
@@ -290,41 +303,47 @@ class Mover:
             )
         if stragglers:
             return
-        extra = [
-            found.key
-            async for found in self._bulk.list_objects(target, prefix)
-            if found.key not in seen
-        ]
-        for key in extra:
+        for key in held.keys() - seen:
             await self._bulk.delete_object(target, key)
+            self._verified.pop(key, None)
 
     async def _sync_one(
         self,
         source: Placement,
         target: Placement,
         key: str,
+        in_target: bool,
         tally: _Tally,
-        verify: bool,
         stragglers: bool,
-        failures: list[str],
     ) -> None:
-        found = await self._copier.fingerprint(source, key)
-        if found is None:
-            return  # deleted meanwhile: the extras pass removes its copy
-        held = await self._copier.fingerprint(target, key)
-        if held is not None and (found.matches(held) or _unverifiable_same(found, held)):
-            return
-        if stragglers and held is not None and not _newer(found, held):
-            return  # the target's is newer: written there after the switch
-        size = await self._copier.copy(source, target, key)
-        tally.bytes += size  # after the await: concurrent copies must not lose updates
+        """Compare one object (when the target has it) and copy it when it differs.
+
+        Records the pair of ETags in ``_verified`` when both end with the same bytes.
+        """
+        self._verified.pop(key, None)
+        if in_target:
+            found = await self._copier.fingerprint(source, key)
+            if found is None:
+                return  # deleted meanwhile: the extras pass removes its copy
+            held = await self._copier.fingerprint(target, key)
+            if held is not None and (found.matches(held) or _unverifiable_same(found, held)):
+                self._verified[key] = (found.etag, held.etag)
+                return
+            if stragglers and held is not None and not _newer(found, held):
+                return  # the target's is newer: written there after the switch
+        try:
+            copied = await self._copier.copy(source, target, key)
+        except ObjectNotFoundError:
+            return  # deleted meanwhile
+        tally.bytes += copied.source.size
         tally.objects += 1
         if self._progress is not None:
             self._progress(tally.objects, tally.bytes)
-        if verify:
-            held = await self._copier.fingerprint(target, key)
-            if held is None or not (found.matches(held) or _unverifiable_same(found, held)):
-                failures.append(key)
+        copy = copied.target
+        if copy.checksum is None:
+            copy = await self._copier.fingerprint(target, key) or copy
+        if copied.source.matches(copy) or _unverifiable_same(copied.source, copy):
+            self._verified[key] = (copied.source.etag, copy.etag)
 
 
 def _newer(found: Fingerprint, held: Fingerprint) -> bool:

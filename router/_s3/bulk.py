@@ -87,7 +87,9 @@ class BulkStore:
         """
         async for page in self._pages(ref, "list_objects_v2", "listing", Prefix=prefix):
             for item in page.get("Contents", []):
-                yield StoredObject(item["Key"], int(item["Size"]), None, item["LastModified"])
+                yield StoredObject(
+                    item["Key"], int(item["Size"]), None, item["LastModified"], item.get("ETag", "")
+                )
 
     async def list_versions(
         self, ref: BucketRef, prefix: str

@@ -51,6 +51,14 @@ class Fingerprint:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Copied:
+    """One copy: the source version's fingerprint and the copy's."""
+
+    source: Fingerprint
+    target: Fingerprint
+
+
 class Copier:
     """Copies objects from one region's bucket to another's, server-side."""
 
@@ -80,10 +88,11 @@ class Copier:
             return None
         return _fingerprint(head)
 
-    async def copy(self, source: BucketRef, target: Placement, key: str) -> int:
+    async def copy(self, source: BucketRef, target: Placement, key: str) -> Copied:
         """Copy the current version of ``key`` from ``source`` to ``target``'s bucket.
 
-        Returns the bytes copied (the copy is pinned to the version the first request saw).
+        The copy is pinned to the version its first request saw; the result names that
+        version's fingerprint and the copy's (its checksum as S3 reported it, if it did).
 
         Raises:
             ObjectNotFoundError: the source object is gone.
@@ -121,8 +130,8 @@ class Copier:
                 for number in range(2, parts + 1):
                     sizes.append(int((await head_source(PartNumber=number))["ContentLength"]))
             response = await self._copy_parts(target, key, copy_source, source, head, size, sizes)
-        await self._confirm(target, key, response)
-        return size
+        confirmed = await self._confirm(target, key, response)
+        return Copied(_fingerprint(head), _fingerprint({**confirmed, "ContentLength": size}))
 
     async def _copy_object(
         self, target: Placement, key: str, copy_source: Mapping[str, str], source: BucketRef
@@ -252,7 +261,9 @@ class Copier:
             part["ChecksumSHA256"] = result["ChecksumSHA256"]
         return part
 
-    async def _confirm(self, target: Placement, key: str, response: Mapping[str, Any]) -> None:
+    async def _confirm(
+        self, target: Placement, key: str, response: Mapping[str, Any]
+    ) -> Mapping[str, Any]:
         clients = self._clients
         client = clients.s3(target.aws_region)
         owner = clients.owner[target.aws_region]
@@ -264,13 +275,14 @@ class Copier:
                 lambda: client.head_object(
                     Bucket=target.bucket,
                     Key=key,
+                    ChecksumMode="ENABLED",
                     **({"VersionId": version} if version else {}),
                     **owner,
                 ),
             )
         problem = encryption_problem(response, target.kms_key_arn)
         if problem is None:
-            return
+            return response
         with contextlib.suppress(ResidencyError):
             await clients.run(
                 target.aws_region,

@@ -37,6 +37,7 @@ class StoredObject:
     size: int
     version_id: str | None
     last_modified: datetime
+    etag: str = ""
 
 
 @dataclass(frozen=True, slots=True)
