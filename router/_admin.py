@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from types import EllipsisType
 
 from router._resolve import Resolved
@@ -96,7 +97,12 @@ class OrgAdmin(RouterLifecycle):
                 resolved.check_writable()
             op.region = target.value
             op.acting()
-            receipt = await wiring.sweeper.erase(wiring.region_map.region(target), org, target, cls)
+            check = None
+            if resolved is not None and target is resolved.place.region:
+                check = partial(wiring.resolver.check_writable, org, target)
+            receipt = await wiring.sweeper.erase(
+                wiring.region_map.region(target), org, target, cls, before_each=check
+            )
             op.items = receipt.versions_deleted
         return receipt
 

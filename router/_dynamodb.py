@@ -274,11 +274,23 @@ class DynamoDBOrgDirectory:
                 "(another change was written first, or the org was removed); re-read it and "
                 "retry; nothing was written"
             )
-        await self._call(
-            "writing to",
-            lambda: client.put_item(TableName=self.table, Item=dynamodb_item(record), **condition),
-            conflict=conflict,
-        )
+        try:
+            await self._call(
+                "writing to",
+                lambda: client.put_item(
+                    TableName=self.table, Item=dynamodb_item(record), **condition
+                ),
+                conflict=conflict,
+            )
+        except OrgRecordConflictError:
+            # A retry after a write whose answer was lost fails its own condition: the
+            # write happened if the table now holds exactly this record.
+            try:
+                if await self.lookup(record.org_id) == record:
+                    return
+            except UnknownOrgError:
+                pass
+            raise
 
     async def put(self, record: OrgResidency) -> None:
         """Write one org's record unconditionally (seeding a table; operators use ``write``).

@@ -100,7 +100,7 @@ class RouterSettings(BaseSettings):
     multipart_part_size: Annotated[int, Field(ge=MIN_PART_SIZE, le=5 * 1024 * MiB)] = 8 * MiB
     multipart_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
     audit_hmac_secret: SecretStr | None = None
-    clock_skew_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    clock_skew_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     """Margin added to ``cache_ttl_s`` before a scheduled org change takes effect."""
     move_concurrency: Annotated[int, Field(ge=1, le=256)] = 16
     """Server-side copies (and checks) a move runs at once."""
@@ -113,8 +113,12 @@ class RouterSettings(BaseSettings):
 
     @property
     def change_delay_s(self) -> float:
-        """How far ahead a scheduled org change takes effect: ``cache_ttl_s + clock_skew_s``."""
-        return self.cache_ttl_s + self.clock_skew_s
+        """How far ahead a scheduled org change takes effect.
+
+        ``cache_ttl_s + clock_skew_s``, plus the longest the conditional write of the
+        record can take (two directory timeouts), since the instant is chosen before it.
+        """
+        return self.cache_ttl_s + self.clock_skew_s + 2 * self.directory_timeout_s
 
     @property
     def longest_request_s(self) -> float:

@@ -42,6 +42,8 @@ ROUTER_OBJECT_ACTIONS = (
     "s3:GetObject",
     "s3:GetObjectVersion",
     "s3:GetObjectTagging",
+    "s3:GetObjectVersionTagging",
+    "s3:ListMultipartUploadParts",
     "s3:DeleteObject",
     "s3:DeleteObjectVersion",
     "s3:AbortMultipartUpload",

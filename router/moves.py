@@ -27,19 +27,31 @@ the move again resumes where it stopped, and a move can be abandoned before its 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from router._s3.bulk import BulkStore
 from router._s3.copy import Copier, Fingerprint
 from router.config import RouterSettings
-from router.errors import ObjectNotFoundError, StorageError
+from router.errors import ObjectNotFoundError, OrgRecordConflictError, StorageError, first_error
 from router.inputs import org_prefix
 from router.orgs import CachedOrgDirectory, WritableOrgDirectory
-from router.records import abort_move, fence_move, finish_move, start_move, switch_move
+from router.records import (
+    abort_move,
+    effective,
+    fence_move,
+    finish_abort,
+    finish_move,
+    start_move,
+    switch_move,
+)
 from router.regions import RegionMap
 from router.types import MoveReceipt, OrgId, OrgResidency, Placement, Region
+
+RECHECK_S = 2.0
+"""How often a running copy re-reads the org's record (an abort stops it within this)."""
 
 Progress = Callable[[int, int], None]
 """Called with the running totals of objects and bytes copied."""
@@ -77,13 +89,15 @@ class Mover:
         self._map = region_map
         self._key_arn = key_arn
         self._delay_s = settings.change_delay_s
-        self._longest_s = settings.longest_request_s
+        # A router whose clock is behind by up to clock_skew_s still acts until then.
+        self._longest_s = settings.longest_request_s + settings.clock_skew_s
         self._concurrency = settings.move_concurrency
         self._clock = clock
         self._progress = progress
+        self._expected: OrgResidency | None = None
         self._verified: dict[str, tuple[str, str]] = {}
-        """Per key: the source's and the copy's ETags when this move last found them the
-        same bytes. Lost with the process: a resumed move compares everything again."""
+        """Per key: the source's and the copy's version ids when this move last verified
+        the copy. Lost with the process: a resumed move copies everything again."""
 
     def placement(self, org: OrgId, region: Region) -> Placement:
         """Where ``org``'s data lives in ``region``."""
@@ -108,8 +122,32 @@ class Mover:
         record = await self._directory.fresh(org)
         if dry_run:
             return await self._plan(record, to_region)
-        tally = _Tally()
         record = await self._write(record, start_move(record, to_region, self._clock()))
+        try:
+            return await self._phases(record)
+        except OrgRecordConflictError:
+            await self._clean_if_abandoned(org, to_region)
+            raise
+
+    async def _clean_if_abandoned(self, org: OrgId, region: Region) -> None:
+        """Delete this move's copies in ``region`` if the org no longer moves there.
+
+        Called after losing the record to another writer (an abort raced with a copy).
+        """
+        record = await self._directory.fresh(org)
+        move = record.move
+        lived = {record.region, effective(record, self._clock()).region, *record.moved_from}
+        still = move is not None and move.phase != "aborting" and move.to_region is region
+        if region in lived or still:
+            return
+        target = self.placement(org, region)
+        await self._bulk.delete_prefix(target, org_prefix(org))
+        await self._bulk.abort_uploads(target, org_prefix(org))
+
+    async def _phases(self, record: OrgResidency) -> MoveReceipt:
+        """Carry out the move from its recorded phase to the end."""
+        org = record.org_id
+        tally = _Tally()
         move = record.move
         assert move is not None
         source = self.placement(org, move.from_region)
@@ -145,8 +183,8 @@ class Mover:
         assert move.fence_at is not None
         tally.phases.append(f"switch to {move.to_region.value} at {move.switch_at.isoformat()}")
         await self._wait_until(move.switch_at, self._longest_s)
-        await self._sync(source, target, tally, verify=False, stragglers=True)
         prefix = org_prefix(org)
+        await self._refuse_late_writes(source, move.fence_at)
         _, versions = await self._bulk.delete_prefix(source, prefix)
         tally.versions_deleted += versions
         tally.uploads_aborted += await self._bulk.abort_uploads(source, prefix)
@@ -156,8 +194,8 @@ class Mover:
             org_id=org,
             from_region=move.from_region,
             to_region=move.to_region,
-            objects_copied=move.objects_copied + tally.objects,
-            bytes_copied=move.bytes_copied + tally.bytes,
+            objects_copied=move.objects_copied,
+            bytes_copied=move.bytes_copied,
             versions_deleted=tally.versions_deleted,
             uploads_aborted=tally.uploads_aborted,
             writes_fenced_s=(move.switch_at - move.fence_at).total_seconds(),
@@ -169,7 +207,11 @@ class Mover:
     async def abort(self, org: OrgId) -> MoveReceipt | None:
         """Abandon ``org``'s move before its switch: unfence, delete the partial copy.
 
-        Returns None when the org is not moving.
+        Two recorded steps, so that an interrupted abort is finished by running it again:
+        the move is marked ``aborting`` (writes are no longer fenced; ``erase_org`` may
+        still erase in the target), a running mover stops at its next look at the record,
+        the copy in the target is deleted once copies under way have ended, and only then
+        is the move removed from the record. Returns None when the org is not moving.
 
         Raises:
             OrgMovingError: the switch is already scheduled; the move can only finish.
@@ -179,12 +221,16 @@ class Mover:
         move = record.move
         if move is None:
             return None
+        started = self._clock()
         record = await self._write(record, abort_move(record))
+        # A mover elsewhere sees the record change within RECHECK_S; its copy under way
+        # then ends within the longest request.
+        await self._wait_until(started, RECHECK_S + self._longest_s)
         target = self.placement(org, move.to_region)
         prefix = org_prefix(org)
         _, versions = await self._bulk.delete_prefix(target, prefix)
         uploads = await self._bulk.abort_uploads(target, prefix)
-        now = self._clock()
+        await self._write(record, finish_abort(record))
         return MoveReceipt(
             org_id=org,
             from_region=move.from_region,
@@ -195,7 +241,7 @@ class Mover:
             uploads_aborted=uploads,
             writes_fenced_s=0.0,
             started_at=move.started_at,
-            finished_at=now,
+            finished_at=self._clock(),
             phases=(
                 f"move abandoned in phase {move.phase}; writes unfenced",
                 f"deleted the partial copy in {move.to_region.value} ({versions} versions)",
@@ -243,11 +289,13 @@ class Mover:
 
     async def _write(self, current: OrgResidency, new: OrgResidency) -> OrgResidency:
         if new is current:
+            self._expected = current
             return current
         if self._writer is None:
             raise RuntimeError("this Mover was made for a dry run; it writes nothing")
         await self._writer.write(new, expected_version=current.version)
         self._directory.invalidate(current.org_id)
+        self._expected = new
         return new
 
     async def _wait_until(self, instant: datetime, extra_s: float) -> None:
@@ -258,83 +306,72 @@ class Mover:
             await asyncio.sleep(min(left, 1.0))
 
     async def _sync(
-        self,
-        source: Placement,
-        target: Placement,
-        tally: _Tally,
-        *,
-        verify: bool,
-        stragglers: bool = False,
+        self, source: Placement, target: Placement, tally: _Tally, *, verify: bool
     ) -> None:
         """Make the target's current objects the source's; delete copies of deleted ones.
 
-        An object whose source and copy are both unchanged since this move verified them
-        (their ETags as listed) is not looked at again; any other is compared by size and
-        SHA-256 checksum and copied when they differ. ``verify``: every object must end the
-        same in both. ``stragglers``: after the switch, copy only what the target lacks or
-        holds older, and delete nothing in it.
+        Every object is copied unless this move already copied that very version and the
+        copy is still the target's current version (as the version listings say): a copy is
+        verified from the copy's own answer (size and SHA-256 checksum of the version
+        copied). ``verify``:
+        every object must end verified. The record is re-read every few seconds; a move
+        changed by another writer (abandoned, say) stops.
         """
         prefix = org_prefix(source.org_id)
-        held = {found.key: found.etag async for found in self._bulk.list_objects(target, prefix)}
+        held = {key: version async for key, version, _ in self._bulk.list_current(target, prefix)}
         seen: set[str] = set()
         slots = asyncio.Semaphore(self._concurrency)
         failures: list[str] = []
 
-        async def one(key: str, etag: str) -> None:
+        async def one(key: str, version: str | None) -> None:
             try:
                 known = self._verified.get(key)
-                if known is not None and known == (etag, held.get(key)):
-                    return
-                await self._sync_one(source, target, key, key in held, tally, stragglers)
+                if known is None or version is None or known != (version, held.get(key)):
+                    await self._copy_one(source, target, key, tally, held.get(key))
                 if verify and key not in self._verified:
                     failures.append(key)
             finally:
                 slots.release()
 
-        async with asyncio.TaskGroup() as group:
-            async for found in self._bulk.list_objects(source, prefix):
-                seen.add(found.key)
-                await slots.acquire()  # at most `concurrency` keys in flight
-                group.create_task(one(found.key, found.etag))
+        checked = time.monotonic()
+        try:
+            async with asyncio.TaskGroup() as group:
+                async for key, version, _ in self._bulk.list_current(source, prefix):
+                    seen.add(key)
+                    await slots.acquire()  # at most `concurrency` keys in flight
+                    group.create_task(one(key, version))
+                    if time.monotonic() - checked > RECHECK_S:
+                        checked = time.monotonic()
+                        await self._still_current()
+        except BaseExceptionGroup as exc:
+            raise first_error(exc) from None
         if failures:
             raise StorageError(
                 f"move of org {source.org_id}: {len(failures)} objects differ in "
                 f"{target.region.value} after copying; nothing was switched; run the move again"
             )
-        if stragglers:
-            return
         for key in held.keys() - seen:
             await self._bulk.delete_object(target, key)
             self._verified.pop(key, None)
 
-    async def _sync_one(
+    async def _copy_one(
         self,
         source: Placement,
         target: Placement,
         key: str,
-        in_target: bool,
         tally: _Tally,
-        stragglers: bool,
+        replaced: str | None,
     ) -> None:
-        """Compare one object (when the target has it) and copy it when it differs.
+        """Copy one object; remember the pair of versions when the copy is verified.
 
-        Records the pair of ETags in ``_verified`` when both end with the same bytes.
+        ``replaced``: the target's version this copy supersedes. Before the switch only
+        the move writes to the target, so it is an earlier copy: it is deleted.
         """
         self._verified.pop(key, None)
-        if in_target:
-            found = await self._copier.fingerprint(source, key)
-            if found is None:
-                return  # deleted meanwhile: the extras pass removes its copy
-            held = await self._copier.fingerprint(target, key)
-            if held is not None and (found.matches(held) or _unverifiable_same(found, held)):
-                self._verified[key] = (found.etag, held.etag)
-                return
-            if stragglers and held is not None and not _newer(found, held):
-                return  # the target's is newer: written there after the switch
         try:
             copied = await self._copier.copy(source, target, key)
         except ObjectNotFoundError:
-            return  # deleted meanwhile
+            return  # deleted meanwhile: the extras pass removes an older copy
         tally.bytes += copied.source.size
         tally.objects += 1
         if self._progress is not None:
@@ -342,14 +379,45 @@ class Mover:
         copy = copied.target
         if copy.checksum is None:
             copy = await self._copier.fingerprint(target, key) or copy
-        if copied.source.matches(copy) or _unverifiable_same(copied.source, copy):
-            self._verified[key] = (copied.source.etag, copy.etag)
+        if replaced is not None and replaced != copy.version_id:
+            await self._bulk.delete_versions(target, [(key, replaced)])
+        verified = copied.source.matches(copy) or _unverifiable_same(copied.source, copy)
+        if verified and copied.source.version_id and copy.version_id:
+            self._verified[key] = (copied.source.version_id, copy.version_id)
 
+    async def _still_current(self) -> None:
+        """Raise if the org's record is no longer the version this move wrote last."""
+        if self._expected is None:
+            return
+        record = await self._directory.fresh(self._expected.org_id)
+        if record.version != self._expected.version:
+            raise OrgRecordConflictError(
+                f"org {record.org_id}'s record changed under its move (now version "
+                f"{record.version}, phase {record.move.phase if record.move else 'none'}); "
+                "the move stopped; run it again to resume"
+            )
 
-def _newer(found: Fingerprint, held: Fingerprint) -> bool:
-    if found.last_modified is None or held.last_modified is None:
-        return True
-    return found.last_modified > held.last_modified
+    async def _refuse_late_writes(self, source: Placement, fence_at: datetime) -> None:
+        """Fail closed before cleaning if anything was written to the source after the fence.
+
+        Under the protocol nothing can be (every router refuses the org's writes from the
+        fence, and the settle wait covers the slowest write and clock skew); an object
+        written later means a router runs with a longer ``cache_ttl_s`` than this one. It
+        is not copied (a delete made in the target since would be undone) nor deleted (it
+        may be an acknowledged write): the move stops for an operator.
+        """
+        late_after = fence_at + timedelta(seconds=self._longest_s)
+        late = 0
+        async for found in self._bulk.list_objects(source, org_prefix(source.org_id)):
+            if found.last_modified > late_after:
+                late += 1
+        if late:
+            raise StorageError(
+                f"move of org {source.org_id}: {late} objects were written to "
+                f"{source.region.value} after its write fence (a router with a longer "
+                "cache_ttl_s?); nothing was deleted; copy or remove them, then run the move "
+                "again"
+            )
 
 
 def _unverifiable_same(found: Fingerprint, held: Fingerprint) -> bool:

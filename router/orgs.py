@@ -233,13 +233,16 @@ class CachedOrgDirectory:
 
     async def _fetch(self, org_id: OrgId) -> OrgResidency:
         this = asyncio.current_task()
+        # An entry lives ttl_s from when its lookup was sent, not from when the answer came:
+        # a record read at any moment of the lookup is then never held past sent + ttl_s.
+        sent = self._clock()
         try:
             self.backend_lookups += 1
             try:
                 async with asyncio.timeout(self._timeout_s):
                     record = await self._inner.lookup(org_id)
             except UnknownOrgError:
-                self._store(org_id, this, None, self._negative_ttl_s)
+                self._store(org_id, this, None, sent + self._negative_ttl_s)
                 raise
             except ResidencyError:
                 raise
@@ -252,7 +255,7 @@ class CachedOrgDirectory:
                     f"org directory lookup for {org_id!r} failed ({type(exc).__name__})"
                 ) from exc
             record = self._checked(org_id, record)
-            self._store(org_id, this, record, self._ttl_s)
+            self._store(org_id, this, record, sent + self._ttl_s)
             return record
         finally:
             if self._inflight.get(org_id) is this:
@@ -286,12 +289,12 @@ class CachedOrgDirectory:
         org_id: str,
         task: asyncio.Task[object] | None,
         record: OrgResidency | None,
-        ttl_s: float,
+        expires_at: float,
     ) -> None:
         # An invalidate() during the lookup detached this task: its answer may be stale.
-        if self._inflight.get(org_id) is not task or ttl_s <= 0:
+        if self._inflight.get(org_id) is not task or expires_at <= self._clock():
             return
-        self._entries[org_id] = _Entry(record, self._clock() + ttl_s)
+        self._entries[org_id] = _Entry(record, expires_at)
         self._entries.move_to_end(org_id)
         while len(self._entries) > self._max_orgs:
             self._entries.popitem(last=False)

@@ -140,6 +140,11 @@ def start_move(record: OrgResidency, to_region: Region, now: datetime) -> OrgRes
     """
     current = effective(record, now)
     if record.move is not None:
+        if record.move.phase == "aborting":
+            raise OrgMovingError(
+                f"org {record.org_id}'s move to {record.move.to_region.value} is being "
+                "abandoned; finish that first (residency-router orgs move ORG --abort)"
+            )
         if record.move.to_region is to_region:
             return record  # resumed: the caller carries on from the recorded phase
         raise OrgMovingError(
@@ -199,7 +204,7 @@ def finish_move(record: OrgResidency) -> OrgResidency:
 
 
 def abort_move(record: OrgResidency) -> OrgResidency:
-    """The version that abandons a move before its switch (writes are no longer fenced).
+    """The version that starts abandoning a move before its switch (writes unfenced).
 
     Raises:
         OrgMovingError: the switch is already scheduled; the move can only finish.
@@ -207,12 +212,21 @@ def abort_move(record: OrgResidency) -> OrgResidency:
     move = record.move
     if move is None:
         return record
+    if move.phase == "aborting":
+        return record  # resumed: the caller finishes the abandonment
     if move.phase == "switched":
         raise OrgMovingError(
             f"org {record.org_id}: the switch to {move.to_region.value} is scheduled "
             f"({move.switch_at.isoformat() if move.switch_at else '?'}); the move can no "
             "longer be abandoned: run it again to finish"
         )
+    aborting = replace(move, phase="aborting", fence_at=None, switch_at=None)
+    return replace(record, version=record.version + 1, move=aborting)
+
+
+def finish_abort(record: OrgResidency) -> OrgResidency:
+    """The version after an abandoned move: no move (its partial copy is gone)."""
+    _moving(record, "aborting")
     return replace(record, version=record.version + 1, move=None)
 
 

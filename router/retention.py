@@ -9,7 +9,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import TypeVar
 
-from router._s3.bulk import BucketRef, BulkStore
+from router._s3.bulk import BucketRef, BulkStore, Check
 from router._s3.objects import ObjectStore
 from router.errors import ObjectNotFoundError, first_error
 from router.inputs import object_key, org_prefix
@@ -125,15 +125,25 @@ class RetentionSweeper:
         return objects, versions
 
     async def erase(
-        self, ref: BucketRef, org_id: OrgId, region: Region, data_class: DataClass | None
+        self,
+        ref: BucketRef,
+        org_id: OrgId,
+        region: Region,
+        data_class: DataClass | None,
+        *,
+        before_each: Check | None = None,
     ) -> ErasureReceipt:
         """Delete all of an org's data (or one class) and abort its uploads; idempotent.
 
+        ``before_each`` runs before every deletion request (the router re-checks the org's
+        write fence there: an erasure is many requests, and a move must not copy what it
+        has not reached yet).
+
         Raises:
-            ResidencyError: the region failed or refused.
+            ResidencyError: the region failed or refused, or ``before_each`` raised.
         """
         prefix = org_prefix(org_id, data_class)
-        objects, versions = await self._storage.delete_prefix(ref, prefix)
+        objects, versions = await self._storage.delete_prefix(ref, prefix, before_each=before_each)
         uploads = await self._storage.abort_uploads(ref, prefix)
         return ErasureReceipt(org_id, region, data_class, objects, versions, uploads)
 

@@ -251,7 +251,9 @@ class ResidencyRouter(OrgAdmin):
             resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
             resolved.check_writable()
             place = _acting_on(op, resolved, cls, full)
-            count = await wiring.bulk.delete_object(place, full)
+            count = await wiring.bulk.delete_object(
+                place, full, before_each=partial(wiring.resolver.check_writable, org, place.region)
+            )
         return DeleteReceipt(place.org_id, place.region, key, count)
 
     def list(

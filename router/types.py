@@ -83,10 +83,10 @@ class OrgValues:
     training_opt_in: bool = False
 
 
-MovePhase = Literal["copying", "fenced", "switched"]
+MovePhase = Literal["copying", "fenced", "switched", "aborting"]
 """Where a move stands: first copy running; writes fenced (from ``fence_at``); switch
 scheduled (from ``switch_at`` every router reads and writes the target, then the source is
-cleaned)."""
+cleaned); or being abandoned (writes unfenced, the target's partial copy being deleted)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,7 +168,8 @@ async def test_move_resumes_from_its_recorded_phase(table: ResidencyWorld) -> No
             await moving
         receipt = await router.move_org(ORG, Region.US)
         assert receipt.to_region is Region.US
-        assert receipt.objects_copied == 5
+        # The resumed run copies again what it cannot prove it copied (5 + 5).
+        assert receipt.objects_copied == 10
         assert (await router.get(ORG, "f/3")) == b"data 3"
         record = await router.directory.fresh(OrgId(ORG))
     assert record.region is Region.US

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from functools import partial
 from typing import Any, Protocol
@@ -14,6 +14,9 @@ from router.errors import ObjectNotFoundError, StorageError
 from router.types import AwsRegion
 
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
+
+Check = Callable[[], Awaitable[None]]
+"""Runs before each deletion request; what it raises stops the deletion."""
 
 
 class BucketRef(Protocol):
@@ -123,6 +126,25 @@ class BulkStore:
             for upload in page.get("Uploads", []):
                 yield upload["Key"], upload["UploadId"], upload.get("Initiated")
 
+    async def list_current(
+        self, ref: BucketRef, prefix: str
+    ) -> AsyncIterator[tuple[str, str | None, int]]:
+        """Yield (key, version id, size) of every current object under ``prefix``.
+
+        From the version listing, so that each object is named by its exact version (a
+        key whose latest version is a delete marker is not yielded).
+
+        Raises:
+            StorageError: S3 refused.
+            RegionUnavailableError: the region failed after retries.
+        """
+        async for page in self._pages(
+            ref, "list_object_versions", "listing versions", Prefix=prefix
+        ):
+            for item in page.get("Versions", []):
+                if item.get("IsLatest"):
+                    yield item["Key"], item.get("VersionId"), int(item.get("Size", 0))
+
     async def list_prefixes(self, ref: BucketRef, prefix: str) -> AsyncIterator[str]:
         """Yield the next-level ``/`` prefixes under ``prefix`` that hold any version.
 
@@ -139,7 +161,13 @@ class BulkStore:
             for item in page.get("CommonPrefixes", []):
                 yield item["Prefix"]
 
-    async def delete_versions(self, ref: BucketRef, targets: list[tuple[str, str | None]]) -> int:
+    async def delete_versions(
+        self,
+        ref: BucketRef,
+        targets: list[tuple[str, str | None]],
+        *,
+        before_each: Check | None = None,
+    ) -> int:
         """Delete the given (key, version id) pairs, 1000 a request; return how many went.
 
         Raises:
@@ -155,6 +183,8 @@ class BulkStore:
                 {"Key": key, **({"VersionId": version} if version else {})}
                 for key, version in targets[start : start + DELETE_BATCH]
             ]
+            if before_each is not None:
+                await before_each()
             response = await clients.run(
                 ref.aws_region,
                 f"deleting from bucket {ref.bucket}",
@@ -171,8 +201,13 @@ class BulkStore:
             deleted += len(batch)
         return deleted
 
-    async def delete_object(self, ref: BucketRef, key: str) -> int:
+    async def delete_object(
+        self, ref: BucketRef, key: str, *, before_each: Check | None = None
+    ) -> int:
         """Delete every version and delete marker of one key; return how many went.
+
+        ``before_each`` runs before every DeleteObjects request (the router re-checks the
+        org's write fence there); what it raises stops the deletion.
 
         Raises:
             StorageError: S3 refused.
@@ -183,9 +218,11 @@ class BulkStore:
             async for found, version, _ in self.list_versions(ref, key)
             if found == key
         ]
-        return await self.delete_versions(ref, targets)
+        return await self.delete_versions(ref, targets, before_each=before_each)
 
-    async def delete_prefix(self, ref: BucketRef, prefix: str) -> tuple[int, int]:
+    async def delete_prefix(
+        self, ref: BucketRef, prefix: str, *, before_each: Check | None = None
+    ) -> tuple[int, int]:
         """Delete every version and delete marker under ``prefix``, a page at a time.
 
         Each round lists the first page again (up to 1000 versions) and deletes it, until
@@ -217,7 +254,7 @@ class BulkStore:
                     f"S3 listed the same {len(batch)} versions in bucket {ref.bucket} again "
                     "after deleting them; they were not deleted"
                 )
-            versions += await self.delete_versions(ref, batch)
+            versions += await self.delete_versions(ref, batch, before_each=before_each)
             keys.update(key for key, _ in batch)
             last = batch
 

@@ -38,6 +38,7 @@ class Fingerprint:
     checksum: str | None
     etag: str
     last_modified: datetime | None = None
+    version_id: str | None = None
 
     def matches(self, other: Fingerprint) -> bool:
         """True when both name the same bytes (same size and the same SHA-256 checksum).
@@ -121,14 +122,16 @@ class Copier:
         if head.get("VersionId"):
             copy_source["VersionId"] = head["VersionId"]
         parts = _parts_of(str(head.get("ETag", "")))
-        if parts <= 1 and size <= COPY_OBJECT_MAX:
+        if parts == 0 and size <= COPY_OBJECT_MAX:
             response = await self._copy_object(target, key, copy_source, source)
         else:
             # The source's own layout, so that a composite checksum comes out the same.
-            sizes = [int((await head_source(PartNumber=1))["ContentLength"])]
+            pinned = {"VersionId": head["VersionId"]} if head.get("VersionId") else {}
+            sizes = [int((await head_source(PartNumber=1, **pinned))["ContentLength"])]
             if parts > 1 and -(-size // sizes[0]) != parts:
                 for number in range(2, parts + 1):
-                    sizes.append(int((await head_source(PartNumber=number))["ContentLength"]))
+                    part = await head_source(PartNumber=number, **pinned)
+                    sizes.append(int(part["ContentLength"]))
             response = await self._copy_parts(target, key, copy_source, source, head, size, sizes)
         confirmed = await self._confirm(target, key, response)
         return Copied(_fingerprint(head), _fingerprint({**confirmed, "ContentLength": size}))
@@ -314,14 +317,21 @@ def _source_owner(clients: RegionClients, source: BucketRef) -> dict[str, Any]:
 def _fingerprint(head: Mapping[str, Any]) -> Fingerprint:
     checksum = head.get("ChecksumSHA256")
     return Fingerprint(
-        int(head["ContentLength"]), checksum, str(head.get("ETag", "")), head.get("LastModified")
+        int(head["ContentLength"]),
+        checksum,
+        str(head.get("ETag", "")),
+        head.get("LastModified"),
+        head.get("VersionId"),
     )
 
 
 def _parts_of(etag: str) -> int:
-    """How many parts a multipart object has (its ETag ends in ``-N``); 1 otherwise."""
+    """How many parts a multipart object has (its ETag ends in ``-N``); 0 for a single PUT.
+
+    A multipart object of one part is still multipart: its checksum is per part.
+    """
     _, dash, count = etag.strip('"').rpartition("-")
-    return int(count) if dash and count.isdigit() else 1
+    return int(count) if dash and count.isdigit() else 0
 
 
 def _ranges(size: int, part_sizes: list[int]) -> list[tuple[int, int]]:
