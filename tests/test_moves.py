@@ -25,14 +25,15 @@ MiB = 1024 * 1024
 
 
 def fast_settings(world: ResidencyWorld, **overrides: Any) -> Any:
-    """Settings whose waits are short: a 1-second cache and a 5-second longest request."""
+    """Settings whose waits are short: a 1-second cache and a 3-second longest request."""
     values: dict[str, Any] = {
         "directory_table": TABLE,
         "cache_ttl_s": 1.0,
         "clock_skew_s": 0.2,
-        "retry_deadline_s": 1.0,
-        "connect_timeout_s": 1.0,
-        "read_timeout_s": 3.0,
+        "directory_timeout_s": 0.75,
+        "retry_deadline_s": 0.5,
+        "connect_timeout_s": 0.5,
+        "read_timeout_s": 2.0,
         "multipart_threshold": 5 * MiB,
         "multipart_part_size": 5 * MiB,
         "move_concurrency": 8,

@@ -25,7 +25,12 @@ T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 def settings(world: ResidencyWorld, **overrides: Any) -> Any:
-    values: dict[str, Any] = {"directory_table": TABLE, "cache_ttl_s": 2.0, "clock_skew_s": 0.5}
+    values: dict[str, Any] = {
+        "directory_table": TABLE,
+        "cache_ttl_s": 2.0,
+        "clock_skew_s": 0.5,
+        "directory_timeout_s": 0.75,
+    }
     values.update(overrides)
     return world.settings(**values)
 
