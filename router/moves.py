@@ -166,8 +166,10 @@ class Mover:
             assert move.fence_at is not None
             tally.phases.append(f"writes fenced from {move.fence_at.isoformat()}")
             await self._wait_until(move.fence_at, self._longest_s)
+            await self._still_current()  # an abort meanwhile: stop before acting
             before = tally.objects
             await self._sync(source, target, tally, verify=True)
+            await self._still_current()
             tally.uploads_aborted += await self._bulk.abort_uploads(source, org_prefix(org))
             tally.phases.append(
                 f"copied {tally.objects - before} changed objects and verified every object"
@@ -183,6 +185,7 @@ class Mover:
         assert move.fence_at is not None
         tally.phases.append(f"switch to {move.to_region.value} at {move.switch_at.isoformat()}")
         await self._wait_until(move.switch_at, self._longest_s)
+        await self._still_current()
         prefix = org_prefix(org)
         await self._refuse_late_writes(source, move.fence_at)
         _, versions = await self._bulk.delete_prefix(source, prefix)
@@ -251,11 +254,8 @@ class Mover:
     async def _plan(self, record: OrgResidency, to_region: Region) -> MoveReceipt:
         """What a move would do, without changing anything."""
         now = self._clock()
-        if record.move is None:
-            start_move(record, to_region, now)  # raises as the move itself would
-            from_region = record.region
-        else:
-            from_region = record.move.from_region
+        start_move(record, to_region, now)  # raises as the move itself would
+        from_region = record.region if record.move is None else record.move.from_region
         source = self.placement(record.org_id, from_region)
         objects = size = 0
         async for found in self._bulk.list_objects(source, org_prefix(record.org_id)):
@@ -317,6 +317,7 @@ class Mover:
         every object must end verified. The record is re-read every few seconds; a move
         changed by another writer (abandoned, say) stops.
         """
+        await self._still_current()
         prefix = org_prefix(source.org_id)
         held = {key: version async for key, version, _ in self._bulk.list_current(target, prefix)}
         seen: set[str] = set()

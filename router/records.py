@@ -62,7 +62,9 @@ def next_instant(record: OrgResidency, now: datetime) -> datetime | None:
 def is_fenced(record: OrgResidency, now: datetime) -> bool:
     """True when the org's writes are refused at ``now``: fenced and not yet switched."""
     move = record.move
-    if move is None or move.fence_at is None or now < move.fence_at:
+    if move is None or move.phase not in ("fenced", "switched"):
+        return False
+    if move.fence_at is None or now < move.fence_at:
         return False
     return effective(record, now).region is move.from_region
 

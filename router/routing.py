@@ -251,8 +251,10 @@ class ResidencyRouter(OrgAdmin):
             resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
             resolved.check_writable()
             place = _acting_on(op, resolved, cls, full)
+            # One logical write: checked once, right before its first deletion request (a
+            # check between requests could stop it halfway and make an old version current).
             count = await wiring.bulk.delete_object(
-                place, full, before_each=partial(wiring.resolver.check_writable, org, place.region)
+                place, full, first=partial(wiring.resolver.check_writable, org, place.region)
             )
         return DeleteReceipt(place.org_id, place.region, key, count)
 

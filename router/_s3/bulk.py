@@ -201,13 +201,11 @@ class BulkStore:
             deleted += len(batch)
         return deleted
 
-    async def delete_object(
-        self, ref: BucketRef, key: str, *, before_each: Check | None = None
-    ) -> int:
+    async def delete_object(self, ref: BucketRef, key: str, *, first: Check | None = None) -> int:
         """Delete every version and delete marker of one key; return how many went.
 
-        ``before_each`` runs before every DeleteObjects request (the router re-checks the
-        org's write fence there); what it raises stops the deletion.
+        ``first`` runs once, right before the first DeleteObjects request (the router
+        re-checks the org's write fence there); what it raises stops the deletion.
 
         Raises:
             StorageError: S3 refused.
@@ -218,7 +216,9 @@ class BulkStore:
             async for found, version, _ in self.list_versions(ref, key)
             if found == key
         ]
-        return await self.delete_versions(ref, targets, before_each=before_each)
+        if first is not None and targets:
+            await first()
+        return await self.delete_versions(ref, targets)
 
     async def delete_prefix(
         self, ref: BucketRef, prefix: str, *, before_each: Check | None = None
