@@ -20,21 +20,16 @@ from router.errors import (
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
 from router.types import OrgId, OrgResidency, Region
-from tests.test_moves import ORG, fast_settings, org_versions, table  # noqa: F401
+from tests.test_moves import (  # noqa: F401  (table: the fixture)
+    ORG,
+    fast_settings,
+    interrupt_move_at,
+    org_versions,
+    table,
+    wait_for_phase,
+)
 
 MiB = 1024 * 1024
-
-
-async def _wait_phase(router: ResidencyRouter, phase: str, *, past: str | None = None) -> Any:
-    """Poll the record until its move is in ``phase`` (and, if named, its instant has come)."""
-    while True:
-        record = await router.directory.fresh(OrgId(ORG))
-        move = record.move
-        if move is not None and move.phase == phase:
-            at = getattr(move, past) if past else None
-            if at is None or datetime.now(UTC) >= at:
-                return record
-        await asyncio.sleep(0.02)
 
 
 async def test_a_delete_after_the_switch_stays_deleted(
@@ -49,7 +44,7 @@ async def test_a_delete_after_the_switch_stays_deleted(
     ):
         await mover.put(ORG, "doomed.txt", b"delete me")
         moving = asyncio.create_task(mover.move_org(ORG, Region.US))
-        await _wait_phase(mover, "switched", past="switch_at")
+        await wait_for_phase(mover, "switched", past="switch_at")
         # After the switch every router writes to the target: the user deletes the object.
         deleted = await user.delete(ORG, "doomed.txt")
         assert deleted.region is Region.US
@@ -74,7 +69,7 @@ async def test_an_erase_after_the_switch_stays_erased(
         for i in range(3):
             await mover.put(ORG, f"secret/{i}", b"personal data")
         moving = asyncio.create_task(mover.move_org(ORG, Region.US))
-        await _wait_phase(mover, "switched", past="switch_at")
+        await wait_for_phase(mover, "switched", past="switch_at")
         erased = await user.erase_org(ORG)
         assert erased.region is Region.US
         assert erased.objects_deleted == 3
@@ -123,7 +118,9 @@ async def test_an_overwrite_with_the_same_bytes_before_the_fence_keeps_its_metad
             ORG, "doc.txt", b"same bytes", content_type="text/plain", metadata={"rev": "1"}
         )
         moving = asyncio.create_task(mover.move_org(ORG, Region.US))
-        record = await _wait_phase(mover, "fenced")
+        record = await wait_for_phase(mover, "fenced")
+        assert record.move is not None
+        assert record.move.fence_at is not None
         assert datetime.now(UTC) < record.move.fence_at  # still writable
         receipt = await user.put(
             ORG, "doc.txt", b"same bytes", content_type="text/csv", metadata={"rev": "2"}
@@ -148,11 +145,7 @@ async def test_an_interrupted_abort_finishes_when_run_again(
     async with ResidencyRouter.from_settings(settings) as router:
         for i in range(3):
             await router.put(ORG, f"f/{i}", b"data")
-        moving = asyncio.create_task(router.move_org(ORG, Region.US))
-        await _wait_phase(router, "fenced")
-        moving.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await moving
+        await interrupt_move_at(router, "fenced")
         assert len(org_versions(world, Region.US)) == 3  # the first pass copied them
         original = BulkStore.delete_prefix
         calls = 0
@@ -245,7 +238,7 @@ async def test_an_erase_running_into_the_fence_stops_and_its_retry_erases_the_ta
         HOLD.set(gate)
         erasing = asyncio.create_task(user.erase_org(ORG))  # accepted: not fenced yet
         HOLD.set(None)
-        await _wait_phase(mover, "switched")  # the delta copy has run
+        await wait_for_phase(mover, "switched")  # the delta copy has run
         gate.set()
         # The erase re-checks the fence before each deletion: it stops, retryable, rather
         # than delete in the source what the move has already copied.
@@ -309,7 +302,7 @@ async def test_an_abort_while_the_move_still_copies_leaves_nothing_in_the_target
         HOLD.set(gate)
         moving = asyncio.create_task(mover.move_org(ORG, Region.US))
         HOLD.set(None)
-        await _wait_phase(operator, "copying")
+        await wait_for_phase(operator, "copying")
         await asyncio.sleep(0.3)  # the copies are under way
         aborted = await operator.abort_move(ORG)
         assert aborted is not None

@@ -11,8 +11,14 @@ from router.errors import OrgMovingError, ResidencyError
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
 from router.types import OrgId, Region
-from tests.test_move_edges import _wait_phase
-from tests.test_moves import ORG, fast_settings, org_uploads, org_versions, table  # noqa: F401
+from tests.test_moves import (  # noqa: F401
+    ORG,
+    fast_settings,
+    org_uploads,
+    org_versions,
+    table,
+    wait_for_phase,
+)
 
 
 async def test_a_mover_woken_after_an_abort_stops_without_touching_the_org(
@@ -29,7 +35,7 @@ async def test_a_mover_woken_after_an_abort_stops_without_touching_the_org(
     ):
         await mover.put(ORG, "f/0", b"data")
         moving = asyncio.create_task(mover.move_org(ORG, Region.US))
-        await _wait_phase(operator, "fenced")
+        await wait_for_phase(operator, "fenced")
         assert await operator.abort_move(ORG) is not None
         record = await operator.directory.fresh(OrgId(ORG))
         assert record.move is None  # abort finished; org writes normally in eu
@@ -82,7 +88,7 @@ async def test_a_dry_run_refuses_what_the_move_would_refuse(
     async with ResidencyRouter.from_settings(settings) as router:
         await router.put(ORG, "a", b"x")
         moving = asyncio.create_task(router.move_org(ORG, Region.US))
-        await _wait_phase(router, "fenced")
+        await wait_for_phase(router, "fenced")
         other = Region.CA if Region.CA in router._open().region_map.regions else Region.JP
         try:
             plan = await router.move_org(ORG, other, dry_run=True)

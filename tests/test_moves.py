@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -58,6 +59,29 @@ def org_uploads(world: ResidencyWorld, region: Region) -> list[dict[str, Any]]:
     s3 = world.s3(region)
     found = s3.list_multipart_uploads(Bucket=world.bucket(region), Prefix=f"orgs/{ORG}/")
     return list(found.get("Uploads", []))
+
+
+async def wait_for_phase(
+    router: ResidencyRouter, phase: str, *, past: str | None = None
+) -> OrgResidency:
+    """Poll the record until its move is in ``phase`` (and, if named, its instant has come)."""
+    while True:
+        record = await router.directory.fresh(OrgId(ORG))
+        move = record.move
+        if move is not None and move.phase == phase:
+            at = getattr(move, past) if past else None
+            if at is None or datetime.now(UTC) >= at:
+                return record
+        await asyncio.sleep(0.02)
+
+
+async def interrupt_move_at(router: ResidencyRouter, phase: str) -> None:
+    """Start the org's move to us and cancel it once its record reaches ``phase``."""
+    moving = asyncio.create_task(router.move_org(ORG, Region.US))
+    await wait_for_phase(router, phase)
+    moving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await moving
 
 
 async def _big(total: int) -> AsyncIterator[bytes]:
@@ -158,15 +182,7 @@ async def test_move_resumes_from_its_recorded_phase(table: ResidencyWorld) -> No
     async with ResidencyRouter.from_settings(settings) as router:
         for i in range(5):
             await router.put(ORG, f"f/{i}", b"data %d" % i)
-        moving = asyncio.create_task(router.move_org(ORG, Region.US))
-        while True:
-            record = await router.directory.fresh(OrgId(ORG))
-            if record.move is not None and record.move.phase == "fenced":
-                break
-            await asyncio.sleep(0.05)
-        moving.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await moving
+        await interrupt_move_at(router, "fenced")
         receipt = await router.move_org(ORG, Region.US)
         assert receipt.to_region is Region.US
         # The resumed run copies again what it cannot prove it copied (5 + 5).
@@ -188,15 +204,7 @@ async def test_abort_before_the_switch_unfences_and_deletes_the_partial_copy(
     async with ResidencyRouter.from_settings(settings) as router:
         for i in range(3):
             await router.put(ORG, f"f/{i}", b"kept in the source")
-        moving = asyncio.create_task(router.move_org(ORG, Region.US))
-        while True:
-            record = await router.directory.fresh(OrgId(ORG))
-            if record.move is not None and record.move.phase == "fenced":
-                break
-            await asyncio.sleep(0.05)
-        moving.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await moving
+        await interrupt_move_at(router, "fenced")
         aborted = await router.abort_move(ORG)
         assert aborted is not None
         assert aborted.versions_deleted == 3

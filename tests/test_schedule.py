@@ -74,11 +74,16 @@ async def test_scheduled_zdr_applies_to_fresh_and_stale_routers_at_the_same_inst
         assert record.effective_at >= written + timedelta(seconds=2.5)
         # Before the instant both routers keep storing (the operator's cache holds both
         # values now, the stale one the old record).
+        before_instant = 0
         for router in (stale, operator):
             started = datetime.now(UTC)
             receipt = await router.record_exchange(ORG, ENDPOINT, request=b"{}", response=b"{}")
             if started < record.effective_at and datetime.now(UTC) < record.effective_at:
                 assert receipt.stored, "stored before effective_at"
+                before_instant += 1
+        # The calls above take milliseconds against a 4-second delay: unless the machine
+        # stalled for seconds, both were checked before the instant.
+        assert before_instant >= 1
         await until(record.effective_at)
         before = exchanges(world)
         # From the instant neither stores, whatever each one had cached.

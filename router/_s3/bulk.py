@@ -271,14 +271,11 @@ class BulkStore:
             StorageError: S3 refused.
             RegionUnavailableError: the region failed after retries.
         """
-        targets: list[tuple[str, str]] = []
-        async for page in self._pages(
-            ref, "list_multipart_uploads", "listing multipart uploads", Prefix=prefix
-        ):
-            for upload in page.get("Uploads", []):
-                key, initiated = upload["Key"], upload.get("Initiated")
-                if select is None or select(key, initiated):
-                    targets.append((key, upload["UploadId"]))
+        targets = [
+            (key, upload_id)
+            async for key, upload_id, initiated in self.list_uploads(ref, prefix)
+            if select is None or select(key, initiated)
+        ]
         clients = self._clients
         client = clients.s3(ref.aws_region)
         owner = clients.owner[ref.aws_region]

@@ -19,8 +19,9 @@ from urllib.parse import quote
 
 from router._s3.bulk import BucketRef
 from router._s3.clients import RegionClients
-from router.errors import ObjectNotFoundError, ResidencyError, ResidencyViolationError
-from router.guards import SSE_KMS, encryption_problem
+from router._s3.objects import confirm_encryption
+from router.errors import ObjectNotFoundError, ResidencyError
+from router.guards import SSE_KMS
 from router.types import Placement
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class Copier:
                     part = await head_source(PartNumber=number, **pinned)
                     sizes.append(int(part["ContentLength"]))
             response = await self._copy_parts(target, key, copy_source, source, head, size, sizes)
-        confirmed = await self._confirm(target, key, response)
+        confirmed = await confirm_encryption(self._clients, target, key, response, "copy")
         return Copied(_fingerprint(head), _fingerprint({**confirmed, "ContentLength": size}))
 
     async def _copy_object(
@@ -263,41 +264,6 @@ class Copier:
         if result.get("ChecksumSHA256"):
             part["ChecksumSHA256"] = result["ChecksumSHA256"]
         return part
-
-    async def _confirm(
-        self, target: Placement, key: str, response: Mapping[str, Any]
-    ) -> Mapping[str, Any]:
-        clients = self._clients
-        client = clients.s3(target.aws_region)
-        owner = clients.owner[target.aws_region]
-        version = response.get("VersionId")
-        if "SSEKMSKeyId" not in response or "ServerSideEncryption" not in response:
-            response = await clients.run(
-                target.aws_region,
-                f"checking a copy in bucket {target.bucket}",
-                lambda: client.head_object(
-                    Bucket=target.bucket,
-                    Key=key,
-                    ChecksumMode="ENABLED",
-                    **({"VersionId": version} if version else {}),
-                    **owner,
-                ),
-            )
-        problem = encryption_problem(response, target.kms_key_arn)
-        if problem is None:
-            return response
-        with contextlib.suppress(ResidencyError):
-            await clients.run(
-                target.aws_region,
-                "removing a misencrypted copy",
-                lambda: client.delete_object(
-                    Bucket=target.bucket,
-                    Key=key,
-                    **({"VersionId": version} if version else {}),
-                    **owner,
-                ),
-            )
-        raise ResidencyViolationError(f"copy into bucket {target.bucket} {problem}; removed")
 
 
 def _encryption(target: Placement) -> dict[str, Any]:

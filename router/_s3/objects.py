@@ -128,7 +128,7 @@ class ObjectStore:
         create = {"ChecksumAlgorithm": "SHA256", **self._encryption(place), **extra}
         completed = await upload.run(client, chunks, create, before_commit)
         version = completed.get("VersionId")
-        await self._confirm_key(client, place, key, version, completed)
+        await confirm_encryption(self._clients, place, key, completed)
         return PutResult(version, chunks.sha256())
 
     async def _put_single(
@@ -149,49 +149,8 @@ class ObjectStore:
             ),
         )
         version = response.get("VersionId")
-        await self._confirm_key(client, place, key, version, response)
+        await confirm_encryption(self._clients, place, key, response)
         return PutResult(version, sha256_hex)
-
-    async def _confirm_key(
-        self,
-        client: S3Client,
-        place: Placement,
-        key: str,
-        version: str | None,
-        response: Mapping[str, Any],
-    ) -> None:
-        owner = self._clients.owner[place.aws_region]
-        if "SSEKMSKeyId" not in response:
-            response = await self._clients.run(
-                place.aws_region,
-                f"checking a write to bucket {place.bucket}",
-                lambda: client.head_object(
-                    Bucket=place.bucket,
-                    Key=key,
-                    **_version(version),
-                    **owner,
-                ),
-            )
-        problem = encryption_problem(response, place.kms_key_arn)
-        if problem is None:
-            return
-        # Keep nothing written under a foreign key: remove exactly that version.
-        outcome = "removed"
-        try:
-            await self._clients.run(
-                place.aws_region,
-                "removing a misencrypted write",
-                lambda: client.delete_object(
-                    Bucket=place.bucket,
-                    Key=key,
-                    **_version(version),
-                    **owner,
-                ),
-            )
-        except ResidencyError as exc:
-            code = getattr(exc, "code", "") or type(exc).__name__
-            outcome = f"NOT removed ({code}): an operator must delete version {version or '(none)'}"
-        raise ResidencyViolationError(f"write to bucket {place.bucket} {problem}; {outcome}")
 
     # -- reads --------------------------------------------------------------------------
 
@@ -307,6 +266,52 @@ class ObjectStore:
             object_read=True,
         )
         return {tag["Key"]: tag["Value"] for tag in response.get("TagSet", [])}
+
+
+async def confirm_encryption(
+    clients: RegionClients,
+    place: Placement,
+    key: str,
+    response: Mapping[str, Any],
+    what: str = "write",
+) -> Mapping[str, Any]:
+    """Check that what a write (or copy) made is SSE-KMS under the placement's key.
+
+    Uses the write's own answer when it names the encryption, else a HEAD of exactly that
+    version (with its checksum). Returns the answer checked.
+
+    Raises:
+        ResidencyViolationError: another key or no SSE-KMS; exactly that version is removed
+            (the message says if it could not be).
+    """
+    client = clients.s3(place.aws_region)
+    owner = clients.owner[place.aws_region]
+    version = response.get("VersionId")
+    if "SSEKMSKeyId" not in response or "ServerSideEncryption" not in response:
+        response = await clients.run(
+            place.aws_region,
+            f"checking a {what} in bucket {place.bucket}",
+            lambda: client.head_object(
+                Bucket=place.bucket, Key=key, ChecksumMode="ENABLED", **_version(version), **owner
+            ),
+        )
+    problem = encryption_problem(response, place.kms_key_arn)
+    if problem is None:
+        return response
+    # Keep nothing written under a foreign key: remove exactly that version.
+    outcome = "removed"
+    try:
+        await clients.run(
+            place.aws_region,
+            f"removing a misencrypted {what}",
+            lambda: client.delete_object(
+                Bucket=place.bucket, Key=key, **_version(version), **owner
+            ),
+        )
+    except ResidencyError as exc:
+        code = getattr(exc, "code", "") or type(exc).__name__
+        outcome = f"NOT removed ({code}): an operator must delete version {version or '(none)'}"
+    raise ResidencyViolationError(f"{what} to bucket {place.bucket} {problem}; {outcome}")
 
 
 def _version(version: str | None) -> dict[str, Any]:
