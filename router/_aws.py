@@ -53,13 +53,15 @@ class Transport:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     max_pool_connections: int = 10
+    allow_plain_http: bool = False
 
     def __post_init__(self) -> None:
         # The rules hold for every client, not only for those made from RouterSettings.
         problems = [
             problem
             for problem in (
-                self.endpoint_url and endpoint_url_problem(self.endpoint_url),
+                self.endpoint_url
+                and endpoint_url_problem(self.endpoint_url, allow_plain_http=self.allow_plain_http),
                 self.proxy_url and proxy_url_problem(self.proxy_url),
             )
             if problem
@@ -76,6 +78,7 @@ class Transport:
             connect_timeout_s=settings.connect_timeout_s,
             read_timeout_s=settings.read_timeout_s,
             max_pool_connections=settings.max_pool_connections,
+            allow_plain_http=settings.allow_plain_http,
         )
 
 

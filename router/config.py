@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 MiB = 1024 * 1024
 MIN_PART_SIZE = 5 * MiB  # S3 refuses smaller parts (except the last one)
@@ -29,8 +34,12 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def endpoint_url_problem(value: str) -> str | None:
-    """What is wrong with an endpoint URL for AWS clients, or None (https, or loopback http)."""
+def endpoint_url_problem(value: str, *, allow_plain_http: bool = False) -> str | None:
+    """What is wrong with an endpoint URL for AWS clients, or None.
+
+    https is always fine; plain http only for a loopback host, or for any host when
+    ``allow_plain_http`` is set (a test sidecar such as ``http://moto:5000``).
+    """
     if not value.isprintable() or any(c.isspace() for c in value):
         return "endpoint_url must not contain spaces, tabs, newlines or control characters"
     parts = urlsplit(value)
@@ -38,10 +47,12 @@ def endpoint_url_problem(value: str) -> str | None:
         return "endpoint_url must be an http(s) URL with a host"
     if parts.username or parts.password:
         return "endpoint_url must not carry credentials"
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+    if parts.scheme == "http" and not allow_plain_http and not is_loopback_host(parts.hostname):
         return (
             "endpoint_url may use plain http only for a loopback host "
-            f"(127.0.0.1, ::1, localhost); use https for {parts.hostname!r}"
+            f"(127.0.0.1, ::1, localhost); use https for {parts.hostname!r}, or, for a "
+            "test sidecar only, opt in with allow_plain_http=True "
+            "(RESIDENCY_ALLOW_PLAIN_HTTP=true)"
         )
     return None
 
@@ -66,14 +77,47 @@ def proxy_url_problem(value: str) -> str | None:
     return None
 
 
+ENV_PREFIX = "RESIDENCY_"
+
+
+class _PrefixedDotEnv(PydanticBaseSettingsSource):
+    """The ``.env`` source, keeping only this project's entries.
+
+    A service's ``.env`` holds its own variables too (``DATABASE_URL``...): those are not
+    ours and are ignored. Every ``RESIDENCY_`` entry is kept, so a misspelt one is still
+    refused (``extra="forbid"``) instead of being silently dropped.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        prefix = ENV_PREFIX.lower()
+        return {
+            name: value
+            for name, value in self._inner().items()
+            if name in fields or name.lower().startswith(prefix)
+        }
+
+
 class RouterSettings(BaseSettings):
     """Settings of one router; every field can come from a ``RESIDENCY_<FIELD>`` variable.
 
     Constructing it with a bad value raises pydantic's ``ValidationError``, which names the field.
+    Values come, in this order of precedence, from arguments, the environment, then a
+    ``.env`` file in the working directory (``_env_file=`` names another, ``None`` none);
+    entries of the ``.env`` file without the ``RESIDENCY_`` prefix are ignored.
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="RESIDENCY_",
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
         extra="forbid",
         frozen=True,
         validate_default=True,
@@ -83,6 +127,8 @@ class RouterSettings(BaseSettings):
     )
 
     regions_file: Path = Path("regions.yaml")
+    allow_plain_http: bool = False
+    """Allow ``endpoint_url`` to be plain http to a host other than loopback (test sidecars)."""
     endpoint_url: str | None = None
     verify_on_start: VerifyMode = "strict"
     connect_timeout_s: PositiveFloat = 5.0
@@ -131,13 +177,33 @@ class RouterSettings(BaseSettings):
 
     @field_validator("endpoint_url")
     @classmethod
-    def _check_endpoint_url(cls, value: str | None) -> str | None:
+    def _check_endpoint_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or value == "":
             return None
-        problem = endpoint_url_problem(value)
+        # allow_plain_http is declared before endpoint_url, so it is validated first.
+        problem = endpoint_url_problem(
+            value, allow_plain_http=info.data.get("allow_plain_http") is True
+        )
         if problem is not None:
             raise ValueError(problem)
         return value.rstrip("/")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then the ``RESIDENCY_`` entries of ``.env``."""
+        return (
+            init_settings,
+            env_settings,
+            _PrefixedDotEnv(settings_cls, dotenv_settings),
+            file_secret_settings,
+        )
 
     @field_validator("proxy_url")
     @classmethod

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from router._aws import Transport
 from router.config import RouterSettings
+from router.errors import ConfigError
 
 
 def test_settings_defaults_match_design() -> None:
@@ -101,3 +103,82 @@ def test_settings_errors_never_repeat_the_refused_value(
     assert field in str(info.value)
     assert secret not in str(info.value)
     assert secret not in repr(info.value.errors(include_input=False))
+
+
+def test_plain_http_sidecar_is_refused_with_how_to_opt_in() -> None:
+    with pytest.raises(ValidationError) as info:
+        RouterSettings(endpoint_url="http://localstack:4566")
+    assert "allow_plain_http" in str(info.value)
+    assert "RESIDENCY_ALLOW_PLAIN_HTTP" in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["http://localstack:4566", "http://moto:5000", "http://10.0.0.5"])
+def test_allow_plain_http_admits_a_sidecar(url: str) -> None:
+    settings = RouterSettings(endpoint_url=url, allow_plain_http=True)
+    assert settings.endpoint_url == url
+    # The transport every client is made from accepts it too, and refuses it without.
+    assert Transport.from_settings(settings).endpoint_url == url
+    with pytest.raises(ConfigError, match="allow_plain_http"):
+        Transport(endpoint_url=url)
+
+
+def test_allow_plain_http_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESIDENCY_ALLOW_PLAIN_HTTP", "true")
+    monkeypatch.setenv("RESIDENCY_ENDPOINT_URL", "http://moto:5000")
+    assert RouterSettings().endpoint_url == "http://moto:5000"
+
+
+def test_allow_plain_http_does_not_loosen_other_endpoint_rules() -> None:
+    for bad in ("ftp://moto:5000", "http://user:pw@moto:5000", "http://moto:5000\n"):
+        with pytest.raises(ValidationError, match="endpoint_url"):
+            RouterSettings(endpoint_url=bad, allow_plain_http=True)
+    with pytest.raises(ValidationError, match="proxy_url"):
+        RouterSettings(proxy_url="http://proxy.example:3128", allow_plain_http=True)
+
+
+SERVICE_ENV = """\
+# the service's own variables, beside the router's
+DATABASE_URL=postgres://app:pw@db/app
+SERVICE_API_KEYS={"k1": "org-acme"}
+RESIDENCY_CACHE_TTL_S=7
+RESIDENCY_ENDPOINT_URL=http://127.0.0.1:4566
+"""
+
+
+def test_dotenv_file_is_read_beside_a_services_own_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(SERVICE_ENV)
+    settings = RouterSettings()
+    assert settings.cache_ttl_s == 7
+    assert settings.endpoint_url == "http://127.0.0.1:4566"
+    # The environment wins over the file, arguments over both.
+    monkeypatch.setenv("RESIDENCY_CACHE_TTL_S", "9")
+    assert RouterSettings().cache_ttl_s == 9
+    assert RouterSettings(cache_ttl_s=11).cache_ttl_s == 11
+
+
+def test_dotenv_file_can_be_named_or_disabled(tmp_path: Path) -> None:
+    env = tmp_path / "router.env"
+    env.write_text(SERVICE_ENV)
+    assert RouterSettings(_env_file=env).cache_ttl_s == 7
+    assert RouterSettings(_env_file=None).cache_ttl_s == 60
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        pytest.param("RESIDENCY_CACHE_TTLS=7", "residency_cache_ttls", id="misspelt"),
+        pytest.param("RESIDENCY_CACHE_TTL_S=-1", "cache_ttl_s", id="invalid"),
+        pytest.param("residency_verify_on_start=sometimes", "verify_on_start", id="lower-case"),
+    ],
+)
+def test_dotenv_residency_entries_are_still_validated_strictly(
+    tmp_path: Path, line: str, field: str
+) -> None:
+    env = tmp_path / ".env"
+    env.write_text(SERVICE_ENV + line + "\n")
+    with pytest.raises(ValidationError) as info:
+        RouterSettings(_env_file=env)
+    assert field in str(info.value)
