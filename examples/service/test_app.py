@@ -4,8 +4,10 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
@@ -145,11 +147,15 @@ def test_health_is_ok_with_every_region_ok(client: TestClient) -> None:
 
 
 def test_health_is_503_with_the_quarantined_region_and_no_reason(
-    residency_world: ResidencyWorld,
+    residency_world: ResidencyWorld, tmp_path: Path
 ) -> None:
-    kms = residency_world.client("kms", "ap-south-1")
-    kms.disable_key(KeyId=residency_world.key_arn("in").rsplit("/", 1)[1])
-    settings = residency_world.settings(verify_on_start="quarantine")
+    # A map whose "in" bucket does not exist: verification quarantines that region at
+    # start-up, and the world itself is left as it was.
+    data = yaml.safe_load(residency_world.regions_file.read_text(encoding="utf-8"))
+    data["regions"]["in"]["bucket"] = "residency-example-in-missing"
+    regions_file = tmp_path / "regions.yaml"
+    regions_file.write_text(yaml.safe_dump(data), encoding="utf-8")
+    settings = residency_world.settings(regions_file=regions_file, verify_on_start="quarantine")
     with TestClient(create_app(settings, service_settings())) as client:
         response = client.get("/health")
     assert response.status_code == 503
@@ -157,8 +163,8 @@ def test_health_is_503_with_the_quarantined_region_and_no_reason(
     assert body["status"] == "unavailable"
     assert body["regions"]["in"]["state"] == "quarantined"
     assert all(body["regions"][r]["state"] == "ok" for r in REGIONS if r != "in")
+    assert "residency-example-in-missing" not in response.text
     assert residency_world.key_arn("in") not in response.text
-    assert residency_world.bucket("in") not in response.text
 
 
 def test_errors_map_to_statuses_and_write_nothing(
