@@ -200,11 +200,11 @@ async def health(request: Request) -> Response:
 async def upload(request: Request) -> Response:
     """PUT /files/{key}: store the body, and its Content-Type, in the org's residency region."""
     org, key = org_of(request), request.path_params["key"]
+    # Without one, S3 would store binary/octet-stream: the service's default is stored instead.
+    content_type = request.headers.get("content-type") or DEFAULT_CONTENT_TYPE
     # The body is streamed through the router: large uploads use multipart with bounded
     # memory instead of being read whole.
-    receipt = await router_of(request).put(
-        org, key, request.stream(), content_type=request.headers.get("content-type")
-    )
+    receipt = await router_of(request).put(org, key, request.stream(), content_type=content_type)
     return JSONResponse(
         {
             "region": receipt.region.value,

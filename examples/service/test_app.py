@@ -80,8 +80,14 @@ def test_download_answers_with_the_uploaded_content_type(client: TestClient) -> 
     assert download.headers["content-type"] == "text/csv; charset=utf-8"
 
 
-def test_download_of_an_upload_without_content_type_is_octet_stream(client: TestClient) -> None:
+def test_download_of_an_upload_without_content_type_is_octet_stream(
+    client: TestClient, residency_world: ResidencyWorld
+) -> None:
     assert client.put("/files/blob", content=b"\x00\x01", headers=ACME).status_code == 201
+    head = residency_world.s3("eu").head_object(
+        Bucket=residency_world.bucket("eu"), Key="orgs/org-acme/files/blob"
+    )
+    assert head["ContentType"] == "application/octet-stream"  # not S3's binary/octet-stream
     download = client.get("/files/blob", headers=ACME)
     assert download.content == b"\x00\x01"
     assert download.headers["content-type"] == "application/octet-stream"
