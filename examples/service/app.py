@@ -179,8 +179,9 @@ def content_type_of(info: ObjectInfo) -> str:
 async def health(request: Request) -> Response:
     """GET /health: 200 when every region is ok, else 503; each region's state either way.
 
-    Reasons are left out (they name buckets and keys): operators read them from
-    ``router.health()`` or the router's audit log. No API key is needed.
+    Reasons are left out (they name buckets and keys), as is anything else an unauthenticated
+    caller should not learn: operators read reasons from ``router.health()`` in the process.
+    No API key is needed (load balancers ask).
     """
     regions = router_of(request).health()
     body = {
