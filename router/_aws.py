@@ -137,7 +137,8 @@ def tls_context(verify: bool | str | None, client_cert: Any = None) -> ssl.SSLCo
     """
     if verify is False:
         raise ConfigError(["TLS certificate verification cannot be turned off"])
-    context = ssl.create_default_context(cafile=get_cert_path(verify or True))
+    cafile = verify if isinstance(verify, str) else get_cert_path(True)
+    context = ssl.create_default_context(cafile=cafile)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if isinstance(client_cert, str):
         context.load_cert_chain(client_cert)
@@ -173,11 +174,11 @@ class NoRedirectAIOHTTPSession(AIOHTTPSession):
     fails at whichever versions are installed if either stops being used.
     """
 
-    def __init__(
-        self, *args: Any, verify: bool | str | None = True, client_cert: Any = None, **kwargs: Any
-    ) -> None:
-        super().__init__(*args, verify=verify, client_cert=client_cert, **kwargs)
-        self._residency_tls = (verify, client_cert)
+    def __init__(self, **kwargs: Any) -> None:
+        # aiobotocore passes every argument by keyword (a positional one would be missed
+        # here, so none is accepted).
+        super().__init__(**kwargs)
+        self._residency_tls = (kwargs.get("verify", True), kwargs.get("client_cert"))
         self._residency_context: ssl.SSLContext | None = None
 
     async def _get_session(self, proxy_url: str | None) -> Any:
