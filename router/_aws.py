@@ -21,6 +21,7 @@ Every client made here carries every transport guarantee, whatever the environme
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,6 +148,11 @@ def tls_context(verify: bool | str | None, client_cert: Any = None) -> ssl.SSLCo
     return context
 
 
+# One context per CA bundle for the process: loading a bundle costs tens of milliseconds of
+# CPU, and a router opens two clients per region. An SSLContext may be shared.
+_shared_tls_context = functools.lru_cache(maxsize=8)(tls_context)
+
+
 class _NoRedirectClientSession:
     """Wraps aiohttp's session so that no request follows a redirect or skips our TLS."""
 
@@ -184,7 +190,9 @@ class NoRedirectAIOHTTPSession(AIOHTTPSession):
     async def _get_session(self, proxy_url: str | None) -> Any:
         if self._residency_context is None:
             # Reading the CA bundle is file I/O: off the event loop.
-            self._residency_context = await asyncio.to_thread(tls_context, *self._residency_tls)
+            self._residency_context = await asyncio.to_thread(
+                _shared_tls_context, *self._residency_tls
+            )
         session = await super()._get_session(proxy_url)  # type: ignore[misc]
         # aiohttp re-sends an idempotent request once, silently, when a connection drops:
         # the retry budget must count the requests actually sent (one retry layer).
