@@ -13,13 +13,15 @@ Every client made here carries every transport guarantee, whatever the environme
   ``proxy_url`` names one (https, or plain http on loopback);
 * S3 Transfer Acceleration, dual-stack, FIPS endpoints, ARN regions and multi-region access
   points are pinned off (acceleration enters AWS at edge locations in other countries);
-* TLS 1.2 or newer; botocore's own retries off (:mod:`router._retry` is the one retry
-  layer); connect and read timeouts always set.
+* TLS 1.2 or newer, certificates always verified (also through a proxy); botocore's own
+  retries off (:mod:`router._retry` is the one retry layer); connect and read timeouts
+  always set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
+from botocore.httpsession import get_cert_path
 from botocore.utils import S3RegionRedirectorv2
 
 from router.config import RouterSettings, endpoint_url_problem, proxy_url_problem
@@ -127,38 +130,77 @@ def boto3_config(transport: Transport) -> Config:
     return Config(**_config_options(transport))
 
 
+def tls_context(verify: bool | str | None, client_cert: Any = None) -> ssl.SSLContext:
+    """Return the TLS context of every aiohttp request: verified, TLS 1.2 or newer.
+
+    ``verify`` is what botocore resolved (``True``, or a CA bundle from ``AWS_CA_BUNDLE`` or
+    ``ca_bundle``). Verification cannot be turned off: ``False`` raises.
+
+    Raises:
+        ConfigError: ``verify`` is false.
+    """
+    if verify is False:
+        raise ConfigError(["TLS certificate verification cannot be turned off"])
+    cafile = verify if isinstance(verify, str) else get_cert_path(True)
+    context = ssl.create_default_context(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if isinstance(client_cert, str):
+        context.load_cert_chain(client_cert)
+    elif isinstance(client_cert, tuple):
+        context.load_cert_chain(*client_cert)
+    return context
+
+
+# One context per CA bundle for the process: loading a bundle costs tens of milliseconds of
+# CPU, and a router opens two clients per region. An SSLContext may be shared.
+_shared_tls_context = functools.lru_cache(maxsize=8)(tls_context)
+
+
 class _NoRedirectClientSession:
-    """Wraps aiohttp's session so that no request follows a redirect."""
+    """Wraps aiohttp's session so that no request follows a redirect or skips our TLS."""
 
-    __slots__ = ("_session",)
+    __slots__ = ("_session", "_ssl")
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, context: ssl.SSLContext) -> None:
         self._session = session
+        self._ssl = context
 
     def request(self, method: str, **kwargs: Any) -> Any:
         # aiohttp follows any 3xx with a Location header, body and signature included,
         # before botocore sees the response; a redirect must reach the guard instead.
-        return self._session.request(method, allow_redirects=False, **kwargs)
+        # A per-request ``ssl`` wins over the connector's (aiobotocore 2.25 gives the
+        # connector ``ssl=False`` whenever a proxy is set).
+        return self._session.request(method, allow_redirects=False, ssl=self._ssl, **kwargs)
 
 
 class NoRedirectAIOHTTPSession(AIOHTTPSession):
     """aiobotocore's aiohttp session that never follows redirects and requires TLS >= 1.2.
 
-    ``_get_session`` and ``_get_ssl_context`` are aiobotocore internals (no public hook
-    exists); ``tests/test_aws.py`` fails if either stops being called.
+    Chosen through AioConfig's public ``http_session_cls``; the options reach aiohttp
+    through public per-request arguments (``allow_redirects``, ``ssl``). One aiobotocore
+    internal remains, ``_get_session`` (the only place the aiohttp session is reachable),
+    and one aiohttp internal, ``ClientSession._retry_connection``: ``tests/test_aws.py``
+    fails at whichever versions are installed if either stops being used.
     """
 
-    def _get_ssl_context(self) -> ssl.SSLContext:
-        context: ssl.SSLContext = super()._get_ssl_context()  # type: ignore[misc]
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return context
+    def __init__(self, **kwargs: Any) -> None:
+        # aiobotocore passes every argument by keyword (a positional one would be missed
+        # here, so none is accepted).
+        super().__init__(**kwargs)
+        self._residency_tls = (kwargs.get("verify", True), kwargs.get("client_cert"))
+        self._residency_context: ssl.SSLContext | None = None
 
     async def _get_session(self, proxy_url: str | None) -> Any:
+        if self._residency_context is None:
+            # Reading the CA bundle is file I/O: off the event loop.
+            self._residency_context = await asyncio.to_thread(
+                _shared_tls_context, *self._residency_tls
+            )
         session = await super()._get_session(proxy_url)  # type: ignore[misc]
         # aiohttp re-sends an idempotent request once, silently, when a connection drops:
         # the retry budget must count the requests actually sent (one retry layer).
         session._retry_connection = False
-        return _NoRedirectClientSession(session)
+        return _NoRedirectClientSession(session, self._residency_context)
 
 
 def _drop_expect_continue(request: Any, **_: Any) -> None:

@@ -17,9 +17,11 @@ from botocore.utils import S3RegionRedirectorv2
 from router._aws import (
     NoRedirectAIOHTTPSession,
     Transport,
+    aio_config,
     boto3_client,
     new_aio_session,
     open_aio_client,
+    tls_context,
 )
 from router.config import RouterSettings
 from router.drift import DriftChecker
@@ -183,16 +185,58 @@ async def test_aio_clients_ignore_configured_endpoints_and_edge_options(
     assert sent.urls == ["https://residency-example-eu.s3.eu-west-1.amazonaws.com/k"]
 
 
-def test_aio_http_session_requires_tls_1_2_and_refuses_redirects() -> None:
-    # aiobotocore internals the factory relies on (no public hook exists): if a release
-    # renames them, this fails instead of the guarantee silently lapsing.
-    session = NoRedirectAIOHTTPSession()
-    context = session._get_ssl_context()
+async def test_aio_requests_refuse_redirects_verify_tls_1_2_and_never_resend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # NoRedirectAIOHTTPSession overrides aiobotocore's internal ``_get_session``: if a
+    # release stops calling it (or renames it), no request carries these options and this
+    # fails, at whichever aiobotocore version is installed, instead of the guarantees
+    # silently lapsing.
+    import aiohttp
+
+    seen: list[tuple[bool, dict[str, Any]]] = []
+    original = aiohttp.ClientSession.request
+
+    def spy(self: aiohttp.ClientSession, method: str, url: Any, **kwargs: Any) -> Any:
+        seen.append((self._retry_connection, kwargs))
+        return original(self, method, url, **kwargs)
+
+    monkeypatch.setattr(aiohttp.ClientSession, "request", spy)
+    with stub_server(never) as endpoint:
+        async with open_aio_client(
+            new_aio_session(),
+            "dynamodb",
+            "us-east-1",
+            Transport(endpoint_url=endpoint.url),
+            credentials={"aws_access_key_id": "testing", "aws_secret_access_key": "testing"},
+        ) as client:
+            await client.get_item(TableName="orgs", Key={"org_id": {"S": "org-acme"}})
+        assert len(endpoint.requests) == 1
+    assert len(seen) == 1
+    retry_connection, kwargs = seen[0]
+    assert retry_connection is False
+    assert kwargs["allow_redirects"] is False
+    context = kwargs["ssl"]
+    assert isinstance(context, ssl.SSLContext)
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
-    assert hasattr(NoRedirectAIOHTTPSession.__mro__[1], "_get_session")
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname is True
+
+
+def test_aio_http_session_is_chosen_through_the_public_config_hook() -> None:
+    config = aio_config(Transport())
+    assert getattr(config, "http_session_cls", None) is NoRedirectAIOHTTPSession
+
+
+def test_tls_context_refuses_to_turn_verification_off() -> None:
+    with pytest.raises(ConfigError, match="verification"):
+        tls_context(False)
+    assert tls_context(True).minimum_version >= ssl.TLSVersion.TLSv1_2
 
 
 async def test_factory_removes_the_s3_region_redirector() -> None:
+    # botocore internal (``_emitter._handlers``): if it changes, the redirector stays
+    # registered and this fails (the guard still refuses what the redirector would follow).
     def redirector_handlers(client: Any) -> list[Any]:
         found = []
         for event in ("needs-retry.s3.GetObject", "before-parameter-build.s3.GetObject"):
