@@ -81,6 +81,10 @@ def check_body(body: object) -> None:
             "body must be bytes-like, a binary file object, or a sync or async iterable of "
             f"bytes, got {type(body).__name__}"
         )
+    if isinstance(body, list | tuple):  # items known now: refuse before anything else
+        for item in body:
+            if not isinstance(item, bytes | bytearray | memoryview):
+                raise TypeError(f"body chunks must be bytes, got {type(item).__name__}")
 
 
 def body_chunks(body: object, chunk_size: int = STREAM_CHUNK) -> AsyncIterator[BytesLike]:
