@@ -18,12 +18,15 @@ from router.errors import (
     InvalidArgumentError,
     InvalidKeyError,
     ObjectNotFoundError,
+    OrgMovingError,
     UnknownOrgError,
 )
+from router.orgs import StaticOrgDirectory
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
-from router.types import DataClass, Region
+from router.types import DataClass, OrgId, OrgMove, OrgResidency, Region
 from tests.conftest import ORG_BY_REGION, without_bucket_default_encryption
+from tests.test_audit import Events, audit_events  # noqa: F401 (fixture)
 
 ORG = ORG_BY_REGION[Region.EU]
 
@@ -191,3 +194,32 @@ async def test_presigned_upload_with_checksum_binds_the_body(
     assert await residency_router.get(ORG, "c.bin") == body
     # Another body is refused by S3 (BadDigest) because the checksum header is signed;
     # moto does not check it, so the header's place among the signed ones is what is shown.
+
+
+async def test_presign_put_refuses_an_org_that_is_moving(residency_world: ResidencyWorld) -> None:
+    # A URL outlives the check: one issued mid-move could land behind the move's copy.
+    move = OrgMove(Region.EU, Region.US, "copying", datetime.now(UTC))
+    directory = StaticOrgDirectory({"moving": OrgResidency(OrgId("moving"), Region.EU, move=move)})
+    async with ResidencyRouter.from_settings(residency_world.settings(), directory=directory) as r:
+        with pytest.raises(OrgMovingError):
+            await r.presign_put("moving", "a.bin")
+
+
+async def test_each_presign_emits_one_event_without_url_or_key(
+    residency_router: ResidencyRouter,
+    audit_events: Events,  # noqa: F811 (the fixture imported above)
+) -> None:
+    await residency_router.put(ORG, "secret-name.txt", b"x")
+    audit_events.events.clear()
+    upload = await residency_router.presign_put(ORG, "secret-name.txt")
+    url = await residency_router.presign_get(ORG, "secret-name.txt")
+    with pytest.raises(UnknownOrgError):
+        await residency_router.presign_put("org-nobody", "secret-name.txt")
+    ops = [(e["operation"], e["outcome"]) for e in audit_events.events]
+    assert ops == [("presign_put", "ok"), ("presign_get", "ok"), ("presign_put", "refused")]
+    for event in audit_events.events:
+        text = repr(event)
+        assert "secret-name" not in text
+        assert "Signature" not in text
+        assert upload.url not in text
+        assert url not in text
