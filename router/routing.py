@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 from router import _startup
 from router._admin import OrgAdmin
 from router._resolve import Resolved, checked_key
-from router._s3.objects import Body, check_body, http_range
+from router._s3.bodies import Body, check_body
 from router._s3.objects import StoredObject as _Found
+from router._s3.objects import http_range
 from router._startup import Wiring
 from router.audit import OperationAudit
 from router.explain import explain as explain_decision
