@@ -6,6 +6,7 @@ import hashlib
 import os
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,6 +15,7 @@ from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from router.config import RouterSettings
 from router.errors import (
     InvalidArgumentError,
     InvalidKeyError,
@@ -57,7 +59,11 @@ async def test_presigned_upload_lands_as_put_would(
 ) -> None:
     without_bucket_default_encryption(residency_world, "eu")
     upload = await residency_router.presign_put(
-        ORG, "uploads/photo.png", content_type="image/png", expires_in=300
+        ORG,
+        "uploads/photo.png",
+        content_type="image/png",
+        metadata={"origin": "browser"},
+        expires_in=300,
     )
     assert upload.method == "PUT"
     cfg = residency_world.region_map.region(Region.EU)
@@ -74,6 +80,8 @@ async def test_presigned_upload_lands_as_put_would(
     assert head["ServerSideEncryption"] == "aws:kms"
     assert head["SSEKMSKeyId"] == residency_world.key_arn("eu")
     assert head["ContentType"] == "image/png"
+    assert head["Metadata"] == {"origin": "browser"}
+    assert "x-amz-meta-origin" in signed_headers(upload.url)
     put = await residency_router.put(ORG, "uploads/other.png", b"x", content_type="image/png")
     tags = s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
     put_tags = s3.get_object_tagging(Bucket=bucket, Key=put.key)["TagSet"]
@@ -223,3 +231,21 @@ async def test_each_presign_emits_one_event_without_url_or_key(
         assert "Signature" not in text
         assert upload.url not in text
         assert url not in text
+
+
+async def test_presigned_urls_name_the_regional_aws_endpoint_over_https(key_arn_map: Path) -> None:
+    # No endpoint override: what a service on AWS gets. Presigning sends nothing.
+    settings = RouterSettings(regions_file=key_arn_map, verify_on_start="off")
+    async with ResidencyRouter.from_settings(settings) as router:
+        for region, org in ORG_BY_REGION.items():
+            upload = await router.presign_put(org, "a.bin", content_type="text/plain")
+            place = await router.resolve(org)
+            parts = urlsplit(upload.url)
+            assert parts.scheme == "https", region
+            assert parts.hostname == f"{place.bucket}.s3.{place.aws_region}.amazonaws.com"
+            assert signed_headers(upload.url) >= SIGNED_ON_UPLOAD
+            query = parse_qs(parts.query)
+            assert query["X-Amz-Credential"][0].split("/")[2] == place.aws_region
+            assert upload.headers["x-amz-server-side-encryption-aws-kms-key-id"] == (
+                place.kms_key_arn
+            )
