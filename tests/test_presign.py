@@ -21,6 +21,7 @@ from router.errors import (
     InvalidKeyError,
     ObjectNotFoundError,
     OrgMovingError,
+    ResidencyError,
     UnknownOrgError,
 )
 from router.orgs import StaticOrgDirectory
@@ -249,3 +250,17 @@ async def test_presigned_urls_name_the_regional_aws_endpoint_over_https(key_arn_
             assert upload.headers["x-amz-server-side-encryption-aws-kms-key-id"] == (
                 place.kms_key_arn
             )
+
+
+async def test_presign_refuses_a_quarantined_region(residency_world: ResidencyWorld) -> None:
+    s3 = residency_world.s3("jp")
+    s3.delete_bucket_lifecycle(Bucket=residency_world.bucket("jp"))
+    s3.delete_bucket(Bucket=residency_world.bucket("jp"))
+    settings = residency_world.settings(verify_on_start="quarantine")
+    async with ResidencyRouter.from_settings(settings) as router:
+        jp_org = ORG_BY_REGION[Region.JP]
+        with pytest.raises(ResidencyError):
+            await router.presign_put(jp_org, "a.bin")
+        with pytest.raises(ResidencyError):
+            await router.presign_get(jp_org, "a.bin")
+        await router.presign_put(ORG, "a.bin")  # other regions still serve
