@@ -462,7 +462,13 @@ class ResidencyRouter(OrgAdmin):
                     continue  # never surface anything outside orgs/{org_id}/
                 op.items += 1
                 yield ObjectInfo(
-                    org, parsed[1], parsed[2], found.size, found.version_id, found.last_modified
+                    org,
+                    parsed[1],
+                    parsed[2],
+                    found.size,
+                    found.version_id,
+                    found.last_modified,
+                    etag=found.etag,
                 )
 
     async def route_processing(self, org_id: str, endpoint: str) -> ProcessingRoute:
