@@ -7,6 +7,7 @@ and keys: ``InvalidKeyError``), with the problem named and nothing sent.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -336,3 +337,52 @@ def split_object_key(full_key: str) -> tuple[OrgId, DataClass, str] | None:
 def kind_of(value: object) -> str:
     """A short name of a value's type for messages (never the value of a secret)."""
     return "nothing" if value is None else type(value).__name__
+
+
+def parse_byte_range(start: object, end: object) -> tuple[int | None, int | None]:
+    """Validate a byte range ``[start, end)`` from a caller (``start`` in, ``end`` out).
+
+    Raises:
+        TypeError: an offset that is not an int (``bool`` included) or None.
+        InvalidArgumentError: a negative offset, or ``end <= start``.
+    """
+    for name, value in (("start", start), ("end", end)):
+        if value is not None and (value.__class__ is bool or not isinstance(value, int)):
+            raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
+    first: int | None = start  # type: ignore[assignment]
+    last: int | None = end  # type: ignore[assignment]
+    if (first is not None and first < 0) or (last is not None and last < 0):
+        raise InvalidArgumentError("a byte range cannot be negative; nothing was read")
+    if last is not None and last <= (first or 0):
+        raise InvalidArgumentError(
+            "the byte range is empty (end must be greater than start); nothing was read"
+        )
+    return first, last
+
+
+def parse_expires_in(value: object, maximum: int) -> int:
+    """Validate a presigned URL's lifetime in seconds (1 to ``maximum``).
+
+    Raises:
+        TypeError: not an int.
+        InvalidArgumentError: out of bounds.
+    """
+    if value.__class__ is bool or not isinstance(value, int):
+        raise TypeError(f"expires_in must be an int (seconds), got {type(value).__name__}")
+    if not 1 <= value <= maximum:
+        raise InvalidArgumentError(f"expires_in must be 1 to {maximum} seconds; nothing was signed")
+    return int(value)
+
+
+def sha256_b64(value: object) -> str:
+    """Validate a hex SHA-256 from a caller and return S3's base64 form of it.
+
+    Raises:
+        TypeError: not a str.
+        InvalidArgumentError: not 64 hex digits.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"sha256 must be a str of 64 hex digits, got {type(value).__name__}")
+    if len(value) != 64 or not all(c in "0123456789abcdefABCDEF" for c in value):
+        raise InvalidArgumentError("sha256 must be 64 hex digits; nothing was signed")
+    return base64.b64encode(bytes.fromhex(value)).decode("ascii")

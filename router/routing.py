@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from functools import partial
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from router import _startup
 from router._admin import OrgAdmin
 from router._resolve import Resolved, checked_key
-from router._s3.objects import Body
+from router._s3.bodies import Body, check_body
+from router._s3.objects import StoredObject as _Found
+from router._s3.objects import http_range
 from router._startup import Wiring
 from router.audit import OperationAudit
 from router.explain import explain as explain_decision
@@ -19,9 +22,12 @@ from router.inputs import (
     check_content_type,
     check_metadata,
     list_prefix,
+    parse_byte_range,
     parse_data_class,
+    parse_expires_in,
     parse_operation,
     parse_org_id,
+    sha256_b64,
     split_object_key,
 )
 from router.policy import (
@@ -33,6 +39,7 @@ from router.policy import (
     exchange_document,
     write_receipt,
 )
+from router.records import fence_error
 from router.retention import training_eligible
 from router.types import (
     DataClass,
@@ -40,13 +47,20 @@ from router.types import (
     Explanation,
     ObjectInfo,
     Operation,
+    OrgId,
     Placement,
+    PresignedUpload,
     ProcessingRoute,
+    StoredObject,
     VerifyReport,
     WriteReceipt,
 )
 
 T = TypeVar("T")
+
+PRESIGN_DEFAULT_S = 900
+PRESIGN_MAX_S = 7 * 24 * 3600  # SigV4's limit
+DEFAULT_UPLOAD_TYPE = "application/octet-stream"
 
 
 class ResidencyRouter(OrgAdmin):
@@ -119,8 +133,11 @@ class ResidencyRouter(OrgAdmin):
     ) -> WriteReceipt:
         """Store ``body`` for ``org_id`` in its residency region under the region's KMS key.
 
-        ``body`` is bytes-like, or an async iterable of bytes streamed through multipart
-        upload (chunks are copied: a producer may reuse its buffer).
+        ``body`` is bytes-like, a binary file object (``open(path, "rb")``, ``BytesIO``:
+        read in chunks, in a worker thread), or a sync or async iterable of bytes. Anything
+        above ``multipart_threshold`` streams through multipart upload, never read whole;
+        chunks are copied, so a producer may reuse its buffer. ``metadata`` is S3 user
+        metadata (``x-amz-meta-*``): ASCII names and values, 2 KiB in all.
 
         Raises:
             TypeError: an argument has the wrong Python type (a ``str`` body, say).
@@ -135,7 +152,7 @@ class ResidencyRouter(OrgAdmin):
         with self._audit.operation("put", org_id) as op:
             wiring = self._open()
             if body.__class__ is not bytes:
-                _check_body(body)
+                check_body(body)
             decision = await self._plan_put(org_id, key, data_class, metadata, content_type)
             place = decision.placement
             op.at(place.region.value, decision.data_class.value, decision.key)
@@ -152,11 +169,25 @@ class ResidencyRouter(OrgAdmin):
         return write_receipt(decision, result.version_id, result.sha256)
 
     async def get(
-        self, org_id: str, key: str, *, data_class: DataClass | str = DataClass.FILES
+        self,
+        org_id: str,
+        key: str,
+        *,
+        data_class: DataClass | str = DataClass.FILES,
+        start: int | None = None,
+        end: int | None = None,
     ) -> bytes:
         """Return an object's bytes after checking it is under the region's KMS key.
 
+        ``start``/``end`` read a byte range as a slice does: ``start`` included, ``end``
+        excluded (``get(..., start=0, end=10)`` is the first 10 bytes; an ``end`` past the
+        object's end stops there). Use :meth:`get_object` for the content type, metadata
+        and checksum too.
+
         Raises:
+            TypeError: ``start`` or ``end`` is not an int.
+            InvalidArgumentError: a negative offset, ``end <= start``, or a ``start`` at or
+                past the end of the object.
             ObjectNotFoundError: no such object.
             ResidencyViolationError: the object is not under the region's key.
             ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
@@ -164,26 +195,64 @@ class ResidencyRouter(OrgAdmin):
         with self._audit.operation("get", org_id) as op:
             wiring = self._open()
             org, cls, full = checked_key(org_id, key, data_class)
+            byte_range = http_range(*parse_byte_range(start, end))
             resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
             place = _acting_on(op, resolved, cls, full)
-            data = await wiring.objects.get(place, full)
+            data = await wiring.objects.get(place, full, byte_range)
             op.bytes = len(data)
         return data
 
+    async def get_object(
+        self,
+        org_id: str,
+        key: str,
+        *,
+        data_class: DataClass | str = DataClass.FILES,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> StoredObject:
+        """Return an object's bytes (or a range, as for :meth:`get`) and what S3 says of it.
+
+        ``info`` holds the content type, user metadata, size (of the whole object), version
+        id, SHA-256 checksum (as S3 reports it; none for a range) and ETag.
+
+        Raises:
+            As :meth:`get`.
+        """
+        with self._audit.operation("get_object", org_id) as op:
+            wiring = self._open()
+            org, cls, full = checked_key(org_id, key, data_class)
+            byte_range = http_range(*parse_byte_range(start, end))
+            resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
+            place = _acting_on(op, resolved, cls, full)
+            data, found = await wiring.objects.get_object(place, full, byte_range)
+            op.bytes = len(data)
+        return StoredObject(data, _info(place.org_id, cls, key, found))
+
     def stream(
-        self, org_id: str, key: str, *, data_class: DataClass | str = DataClass.FILES
+        self,
+        org_id: str,
+        key: str,
+        *,
+        data_class: DataClass | str = DataClass.FILES,
+        start: int | None = None,
+        end: int | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """Yield an object's bytes in chunks (not awaited: ``async for c in router.stream(...)``).
 
-        Closing the iteration early (``break``, an error, a cancelled request) releases the
-        connection and is audited as ``partial`` with the bytes read.
+        ``start``/``end`` stream a byte range, as for :meth:`get`. Closing the iteration
+        early (``break``, an error, a cancelled request) releases the connection and is
+        audited as ``partial`` with the bytes read.
 
         Raises:
+            TypeError, InvalidArgumentError: a bad range, as for :meth:`get`.
             ObjectNotFoundError: no such object.
             ResidencyViolationError: the object is not under the region's key.
             ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
         """
-        return self._relay("stream", org_id, lambda op: self._stream(op, org_id, key, data_class))
+        return self._relay(
+            "stream", org_id, lambda op: self._stream(op, org_id, key, data_class, start, end)
+        )
 
     async def _relay(
         self,
@@ -204,14 +273,21 @@ class ResidencyRouter(OrgAdmin):
                 await source.aclose()
 
     async def _stream(
-        self, op: OperationAudit, org_id: str, key: str, data_class: DataClass | str
+        self,
+        op: OperationAudit,
+        org_id: str,
+        key: str,
+        data_class: DataClass | str,
+        start: int | None,
+        end: int | None,
     ) -> AsyncGenerator[bytes, None]:
         wiring = self._open()
         org, cls, full = checked_key(org_id, key, data_class)
+        byte_range = http_range(*parse_byte_range(start, end))
         resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
         place = _acting_on(op, resolved, cls, full)
         op.bytes = 0
-        chunks = wiring.objects.stream(place, full)
+        chunks = wiring.objects.stream(place, full, byte_range=byte_range)
         try:
             async for chunk in chunks:
                 op.bytes += len(chunk)
@@ -222,7 +298,10 @@ class ResidencyRouter(OrgAdmin):
     async def head(
         self, org_id: str, key: str, *, data_class: DataClass | str = DataClass.FILES
     ) -> ObjectInfo:
-        """Return an object's size, version and time after checking its KMS key.
+        """Return what S3 says of an object, after checking its KMS key.
+
+        Size, version id, last modified, content type, user metadata, SHA-256 checksum (as
+        S3 reports it) and ETag.
 
         Raises:
             ObjectNotFoundError: no such object.
@@ -235,7 +314,94 @@ class ResidencyRouter(OrgAdmin):
             resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
             place = _acting_on(op, resolved, cls, full)
             found = await wiring.objects.head(place, full)
-        return ObjectInfo(place.org_id, cls, key, found.size, found.version_id, found.last_modified)
+        return _info(place.org_id, cls, key, found)
+
+    async def presign_get(
+        self,
+        org_id: str,
+        key: str,
+        *,
+        data_class: DataClass | str = DataClass.FILES,
+        expires_in: int = PRESIGN_DEFAULT_S,
+    ) -> str:
+        """Return a URL that downloads the object from its region's bucket, no header needed.
+
+        The object's KMS key is checked first, and the URL names the version checked (a
+        later write is not served by it). ``expires_in``: seconds, 1 to 604800 (7 days).
+
+        Raises:
+            TypeError: ``expires_in`` is not an int.
+            InvalidArgumentError: ``expires_in`` out of bounds.
+            ObjectNotFoundError: no such object.
+            ResidencyViolationError: the object is not under the region's key.
+            ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
+        """
+        with self._audit.operation("presign_get", org_id) as op:
+            wiring = self._open()
+            org, cls, full = checked_key(org_id, key, data_class)
+            seconds = parse_expires_in(expires_in, PRESIGN_MAX_S)
+            resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
+            place = _acting_on(op, resolved, cls, full)
+            url, _ = await wiring.objects.presign_get(place, full, expires_in=seconds)
+        return url
+
+    async def presign_put(
+        self,
+        org_id: str,
+        key: str,
+        *,
+        data_class: DataClass | str = DataClass.FILES,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        sha256: str | None = None,
+        expires_in: int = PRESIGN_DEFAULT_S,
+    ) -> PresignedUpload:
+        """Return a presigned upload that lands exactly as :meth:`put` would write it.
+
+        Send ``method`` to ``url`` with exactly ``headers``: the SSE-KMS algorithm, the
+        region's key ARN, the bucket key, the residency tags and the content type
+        (``application/octet-stream`` when none is given; the uploader cannot choose one),
+        and the metadata and checksum when given, are all signed, so S3 refuses an upload that
+        leaves one out or changes it. ``sha256`` (hex of the whole body) makes S3 refuse
+        any other body. ``expires_in``: seconds, 1 to 604800 (7 days); the URL expires
+        sooner if a scheduled change to the org takes effect first (see ``expires_at``).
+        The URL cannot be revoked: a change or move started after it was issued does not
+        stop it, so keep ``expires_in`` short.
+
+        Raises:
+            TypeError: an argument has the wrong Python type.
+            InvalidKeyError: bad org id or key, or the ``inputs_outputs`` class.
+            InvalidArgumentError: bad content type, metadata, checksum or ``expires_in``.
+            OrgMovingError: the org is moving between regions; retry after the move.
+            ResidencyError: as for ``put`` (directory, S3 refusals and failures).
+        """
+        with self._audit.operation("presign_put", org_id) as op:
+            wiring = self._open()
+            seconds = parse_expires_in(expires_in, PRESIGN_MAX_S)
+            checksum = None if sha256 is None else sha256_b64(sha256)
+            decision = await self._plan_put(org_id, key, data_class, metadata, content_type)
+            resolved = await self._resolved(wiring, decision.placement.org_id)
+            if resolved.raw.move is not None:
+                # A URL outlives this check: one issued mid-move could write behind the copy.
+                raise fence_error(resolved.raw)
+            if resolved.until is not None:
+                # Tags and placement may change then: the URL must not outlive the decision.
+                left = int((resolved.until - self._clock()).total_seconds())
+                seconds = max(1, min(seconds, left))
+            place = decision.placement
+            op.at(place.region.value, decision.data_class.value, decision.key)
+            op.acting()
+            url, headers, expires_at = await wiring.objects.presign_put(
+                place,
+                decision.key,
+                tagging=decision.tagging(),
+                expires_in=seconds,
+                # Always a signed type: the uploader must not choose one (text/html, say).
+                content_type=content_type or DEFAULT_UPLOAD_TYPE,
+                metadata=metadata,
+                sha256_b64=checksum,
+            )
+        return PresignedUpload(url, MappingProxyType(headers), expires_at)
 
     async def delete(
         self, org_id: str, key: str, *, data_class: DataClass | str = DataClass.FILES
@@ -296,7 +462,13 @@ class ResidencyRouter(OrgAdmin):
                     continue  # never surface anything outside orgs/{org_id}/
                 op.items += 1
                 yield ObjectInfo(
-                    org, parsed[1], parsed[2], found.size, found.version_id, found.last_modified
+                    org,
+                    parsed[1],
+                    parsed[2],
+                    found.size,
+                    found.version_id,
+                    found.last_modified,
+                    etag=found.etag,
                 )
 
     async def route_processing(self, org_id: str, endpoint: str) -> ProcessingRoute:
@@ -436,9 +608,16 @@ def _acting_on(op: OperationAudit, resolved: Resolved, cls: DataClass, full: str
     return place
 
 
-def _check_body(body: object) -> None:
-    if isinstance(body, bytes | bytearray | memoryview | AsyncIterable):
-        return
-    raise TypeError(
-        "body must be bytes-like or an async iterable of bytes, got " + type(body).__name__
+def _info(org: OrgId, cls: DataClass, key: str, found: _Found) -> ObjectInfo:
+    return ObjectInfo(
+        org,
+        cls,
+        key,
+        found.size,
+        found.version_id,
+        found.last_modified,
+        found.content_type,
+        MappingProxyType(dict(found.metadata)),
+        found.checksum_sha256,
+        found.etag,
     )

@@ -194,7 +194,13 @@ class WriteReceipt:
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
-    """One stored object, named by the caller's key."""
+    """One stored object, named by the caller's key.
+
+    ``head`` and ``get_object`` fill every field; a listing only the first six (S3 lists no
+    content type, metadata or checksum). ``checksum_sha256`` is S3's base64 SHA-256 as S3
+    reports it (a multipart object's ends in ``-{parts}``: a checksum of the parts' ones);
+    ``metadata`` is the user metadata (``x-amz-meta-*``) without its prefix.
+    """
 
     org_id: OrgId
     data_class: DataClass
@@ -202,6 +208,35 @@ class ObjectInfo:
     size: int
     version_id: str | None
     last_modified: datetime
+    content_type: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    checksum_sha256: str | None = None
+    etag: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """An object's bytes (the whole object, or the range asked for) and what S3 says of it.
+
+    ``info.size`` is the size of the whole object; ``len(body)`` what was read.
+    """
+
+    body: bytes
+    info: ObjectInfo
+
+
+@dataclass(frozen=True, slots=True)
+class PresignedUpload:
+    """A presigned upload: send ``method`` to ``url`` with exactly ``headers`` before expiry.
+
+    Every header here is signed: S3 refuses an upload that leaves one out or changes it (the
+    encryption, the region's key, the residency tags, the content type).
+    """
+
+    url: str
+    headers: Mapping[str, str]
+    expires_at: datetime
+    method: str = "PUT"
 
 
 @dataclass(frozen=True, slots=True)

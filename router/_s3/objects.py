@@ -3,41 +3,96 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+)
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from botocore.exceptions import BotoCoreError
 
+from router._s3.bodies import STREAM_CHUNK, Body, body_chunks
 from router._s3.clients import RegionClients
 from router._s3.multipart import HASH_OFF_LOOP_BYTES, Chunks, MultipartUpload
+from router._s3.presign import presign
 from router.config import RouterSettings
-from router.errors import RegionUnavailableError, ResidencyError, ResidencyViolationError
+from router.errors import (
+    InvalidArgumentError,
+    RegionUnavailableError,
+    ResidencyError,
+    ResidencyViolationError,
+    StorageError,
+)
 from router.guards import SSE_KMS, encryption_problem
 from router.types import Placement
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-STREAM_CHUNK = 1024 * 1024
-
-BytesLike = bytes | bytearray | memoryview
-Body = BytesLike | AsyncIterable[BytesLike]
+_BOUND_ON_UPLOAD = (
+    "x-amz-server-side-encryption",
+    "x-amz-server-side-encryption-aws-kms-key-id",
+    "x-amz-server-side-encryption-bucket-key-enabled",
+    "x-amz-tagging",
+)
 
 
 @dataclass(frozen=True, slots=True)
 class StoredObject:
-    """What S3 reports about one stored object."""
+    """What S3 reports about one stored object (a listing fills only the first five)."""
 
     key: str
     size: int
     version_id: str | None
     last_modified: datetime
     etag: str = ""
+    content_type: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    checksum_sha256: str | None = None
+
+
+def _described(key: str, response: Mapping[str, Any], size: int | None = None) -> StoredObject:
+    """What a HeadObject or GetObject answer says of the object (``size``: the whole's)."""
+    if size is None:
+        size = int(response["ContentLength"])
+    return StoredObject(
+        key,
+        size,
+        response.get("VersionId"),
+        response["LastModified"],
+        str(response.get("ETag", "")),
+        response.get("ContentType"),
+        dict(response.get("Metadata") or {}),
+        response.get("ChecksumSHA256"),
+    )
+
+
+def _whole_size(response: Mapping[str, Any]) -> int:
+    """The whole object's size from a ranged GetObject answer (``bytes a-b/size``)."""
+    content_range = str(response.get("ContentRange") or "")
+    total = content_range.rpartition("/")[2]
+    if total.isdigit():
+        return int(total)
+    return int(response["ContentLength"])
+
+
+def http_range(start: int | None, end: int | None) -> str | None:
+    """S3's ``Range`` header for the half-open byte range ``[start, end)``; None for all."""
+    if start is None and end is None:
+        return None
+    first = start or 0
+    return f"bytes={first}-" if end is None else f"bytes={first}-{end - 1}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +141,7 @@ class ObjectStore:
         raises stops the write with nothing kept. A small in-memory body is sent at once.
 
         Raises:
-            TypeError: the body is not bytes-like or an async iterable of bytes.
+            TypeError: the body is not bytes-like, a binary file or an iterable of bytes.
             ResidencyViolationError: S3 reports another key or a redirect; nothing kept.
             StorageError: S3 or KMS refused the write.
             RegionUnavailableError: the region failed after retries; nothing kept.
@@ -106,13 +161,10 @@ class ObjectStore:
             chunks = Chunks(None)
             # A mutable buffer is copied so the caller cannot change it mid-upload.
             await chunks.absorb(body if isinstance(body, bytes) else bytes(body))
-        elif isinstance(body, AsyncIterable):
-            chunks = Chunks(aiter(body))
-            await chunks.fill(threshold + 1)
         else:
-            raise TypeError(
-                f"body must be bytes or an async iterable of bytes, got {type(body).__name__}"
-            )
+            # Files and iterables stream like async iterables: never read whole.
+            chunks = Chunks(body_chunks(body))
+            await chunks.fill(threshold + 1)
         if chunks.exhausted and chunks.pending <= threshold:
             data = chunks.take(chunks.pending)
             if before_commit is not None:
@@ -154,24 +206,62 @@ class ObjectStore:
 
     # -- reads --------------------------------------------------------------------------
 
-    def get(self, place: Placement, key: str) -> Coroutine[Any, Any, bytes]:
-        """Read a whole object after checking it is under the region's key (await the result).
+    def get(
+        self, place: Placement, key: str, byte_range: str | None = None
+    ) -> Coroutine[Any, Any, bytes]:
+        """Read an object (or a ``Range``) after checking its key (await the result).
 
         A plain function returning the retried read: one coroutine less in flight per read.
 
         Raises:
             ObjectNotFoundError: no such object.
             ResidencyViolationError: the object is not under the region's KMS key.
+            InvalidArgumentError: the range starts past the object's end.
             StorageError: S3 refused.
             RegionUnavailableError: the region failed after retries.
         """
+        if byte_range is None:
+            client = self._clients.s3(place.aws_region)
+            return self._clients.run(
+                place.aws_region,
+                f"reading from bucket {place.bucket}",
+                partial(self._read, client, place, key),
+                object_read=True,
+            )
+        return self._body_only(place, key, byte_range)
+
+    async def _body_only(self, place: Placement, key: str, byte_range: str) -> bytes:
+        return (await self.get_object(place, key, byte_range))[0]
+
+    async def get_object(
+        self, place: Placement, key: str, byte_range: str | None = None
+    ) -> tuple[bytes, StoredObject]:
+        """Read an object (or a ``Range``) and what S3 says of it, after checking its key.
+
+        Raises:
+            As :meth:`get`.
+        """
         client = self._clients.s3(place.aws_region)
-        return self._clients.run(
-            place.aws_region,
-            f"reading from bucket {place.bucket}",
-            partial(self._read, client, place, key),
-            object_read=True,
-        )
+        with _range_refusal():
+            return await self._clients.run(
+                place.aws_region,
+                f"reading from bucket {place.bucket}",
+                partial(self._read_described, client, place, key, byte_range),
+                object_read=True,
+            )
+
+    def _get_args(self, place: Placement, key: str, byte_range: str | None) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "Bucket": place.bucket,
+            "Key": key,
+            **self._clients.owner[place.aws_region],
+        }
+        if byte_range is None:
+            # A whole object's checksum is checked as it is read; a range's cannot be.
+            args["ChecksumMode"] = "ENABLED"
+        else:
+            args["Range"] = byte_range
+        return args
 
     async def _read(self, client: S3Client, place: Placement, key: str) -> bytes:
         response = await client.get_object(
@@ -187,8 +277,24 @@ class ObjectStore:
             data: bytes = await body.read()
             return data
 
+    async def _read_described(
+        self, client: S3Client, place: Placement, key: str, byte_range: str | None
+    ) -> tuple[bytes, StoredObject]:
+        response = await client.get_object(**self._get_args(place, key, byte_range))
+        async with response["Body"] as body:
+            problem = encryption_problem(response, place.kms_key_arn)
+            if problem is not None:
+                raise ResidencyViolationError(f"object in bucket {place.bucket} {problem}")
+            data: bytes = await body.read()
+        size = None if byte_range is None else _whole_size(response)
+        return data, _described(key, response, size)
+
     async def stream(
-        self, place: Placement, key: str, chunk_size: int = STREAM_CHUNK
+        self,
+        place: Placement,
+        key: str,
+        chunk_size: int = STREAM_CHUNK,
+        byte_range: str | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """Yield an object's bytes after checking its key; the connection is released on exit.
 
@@ -199,15 +305,14 @@ class ObjectStore:
             RegionUnavailableError: the region failed (before or during the transfer).
         """
         client = self._clients.s3(place.aws_region)
-        owner = self._clients.owner[place.aws_region]
-        response = await self._clients.run(
-            place.aws_region,
-            f"reading from bucket {place.bucket}",
-            lambda: client.get_object(
-                Bucket=place.bucket, Key=key, ChecksumMode="ENABLED", **owner
-            ),
-            object_read=True,
-        )
+        args = self._get_args(place, key, byte_range)
+        with _range_refusal():
+            response = await self._clients.run(
+                place.aws_region,
+                f"reading from bucket {place.bucket}",
+                lambda: client.get_object(**args),
+                object_read=True,
+            )
         body = response["Body"]
         try:
             problem = encryption_problem(response, place.kms_key_arn)
@@ -226,7 +331,9 @@ class ObjectStore:
             body.close()
 
     async def head(self, place: Placement, key: str) -> StoredObject:
-        """Return an object's size, version and time after checking its key.
+        """Return what S3 says of an object (size, version, type, metadata, checksum).
+
+        Checks the object's key first.
 
         Raises:
             ObjectNotFoundError: no such object.
@@ -239,15 +346,94 @@ class ObjectStore:
         response = await self._clients.run(
             place.aws_region,
             f"reading from bucket {place.bucket}",
-            lambda: client.head_object(Bucket=place.bucket, Key=key, **owner),
+            lambda: client.head_object(
+                Bucket=place.bucket, Key=key, ChecksumMode="ENABLED", **owner
+            ),
             object_read=True,
         )
         problem = encryption_problem(response, place.kms_key_arn)
         if problem is not None:
             raise ResidencyViolationError(f"object in bucket {place.bucket} {problem}")
-        return StoredObject(
-            key, int(response["ContentLength"]), response.get("VersionId"), response["LastModified"]
+        return _described(key, response)
+
+    # -- presigned URLs -----------------------------------------------------------------
+
+    async def presign_put(
+        self,
+        place: Placement,
+        key: str,
+        *,
+        tagging: str,
+        expires_in: int,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        sha256_b64: str | None = None,
+    ) -> tuple[str, dict[str, str], datetime]:
+        """Presign a PutObject as :meth:`put` writes it: the URL, the headers, the expiry.
+
+        Raises:
+            ResidencyViolationError: the URL would not bind the encryption and tags, or
+                names another region.
+            StorageError, RegionUnavailableError: no credentials; the region is quarantined.
+        """
+        params: dict[str, Any] = {"Key": key, "Tagging": tagging, **self._encryption(place)}
+        if content_type:
+            params["ContentType"] = content_type
+        if metadata:
+            params["Metadata"] = dict(metadata)
+        if sha256_b64:
+            params["ChecksumSHA256"] = sha256_b64
+        url, headers, expires_at = await presign(
+            self._clients, place, "put_object", params, expires_in
         )
+        required = set(_BOUND_ON_UPLOAD) | ({"content-type"} if content_type else set())
+        if not required <= {name.lower() for name in headers}:
+            raise ResidencyViolationError(
+                f"a presigned upload to bucket {place.bucket} would not bind its encryption "
+                "and tags; nothing was handed out"
+            )
+        self._check_url(place, url)
+        return url, headers, expires_at
+
+    async def presign_get(
+        self, place: Placement, key: str, *, expires_in: int
+    ) -> tuple[str, datetime]:
+        """Presign a GetObject of the current version, once its key is checked.
+
+        The URL names the version checked (a later write is not served by it) and needs no
+        header, so a plain link works.
+
+        Raises:
+            ObjectNotFoundError: no such object.
+            ResidencyViolationError: the object is not under the region's KMS key.
+            StorageError, RegionUnavailableError: as for :meth:`head`.
+        """
+        found = await self.head(place, key)
+        params: dict[str, Any] = {"Bucket": place.bucket, "Key": key}
+        if found.version_id:
+            params["VersionId"] = found.version_id
+        url, headers, expires_at = await presign(
+            self._clients, place, "get_object", params, expires_in
+        )
+        if headers:
+            raise ResidencyViolationError(
+                f"a presigned download from bucket {place.bucket} would need headers; "
+                "nothing was handed out"
+            )
+        self._check_url(place, url)
+        return url, expires_at
+
+    def _check_url(self, place: Placement, url: str) -> None:
+        """Refuse a URL that is not the region's own (AWS: https, the regional endpoint)."""
+        if self._settings.endpoint_url is not None:
+            return  # a local endpoint: the one the router itself uses
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.scheme != "https" or not host.endswith(f".{place.aws_region}.amazonaws.com"):
+            raise ResidencyViolationError(
+                f"a presigned URL for bucket {place.bucket} does not name {place.aws_region}'s "
+                "regional endpoint; nothing was handed out"
+            )
 
     async def tags(self, place: Placement, key: str) -> dict[str, str]:
         """Return an object's tags.
@@ -312,6 +498,19 @@ async def confirm_encryption(
         code = getattr(exc, "code", "") or type(exc).__name__
         outcome = f"NOT removed ({code}): an operator must delete version {version or '(none)'}"
     raise ResidencyViolationError(f"{what} to bucket {place.bucket} {problem}; {outcome}")
+
+
+@contextlib.contextmanager
+def _range_refusal() -> Iterator[None]:
+    """Name S3's refusal of a range that starts past the end as the caller's input."""
+    try:
+        yield
+    except StorageError as exc:
+        if exc.code != "InvalidRange":
+            raise
+        raise InvalidArgumentError(
+            "the range starts at or past the end of the object; nothing was read"
+        ) from None
 
 
 def _version(version: str | None) -> dict[str, Any]:
