@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
@@ -185,7 +186,10 @@ def test_verify_and_check_json_and_drift_exits_1(world_environment: ResidencyWor
     report = document(verify)
     assert report["ok"] is True
     assert sorted(report["regions"]) == sorted(c.region.value for c in world_environment.region_map)
-    assert all(r == {"ok": True, "problems": []} for r in report["regions"].values())
+    assert all(
+        r == {"ok": True, "checked": True, "problems": []} for r in report["regions"].values()
+    )
+    assert report["unchecked"] == []
 
     check = cli("check", "--skip", "policy", "--json")
     assert check.returncode == 0, check.stderr
@@ -206,6 +210,15 @@ def test_verify_and_check_json_and_drift_exits_1(world_environment: ResidencyWor
     text = cli("check", "--skip", "policy")
     assert text.returncode == 1
     assert "drifted" in text.stdout
+
+    # A bucket gone: the region answered (its key), so this is found, not "could not check".
+    world_environment.s3("eu").delete_bucket(Bucket=world_environment.bucket("eu"))
+    failed = cli("verify", "--json")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    eu = document(failed)["regions"]["eu"]
+    assert eu["ok"] is False
+    assert eu["checked"] is True
+    assert "residency-example-eu" in eu["problems"][0]
 
 
 def test_explain_json_and_an_unknown_org_exits_2(world_environment: ResidencyWorld) -> None:
@@ -310,3 +323,48 @@ async def test_erase_needs_yes_and_erases_every_version(
     again = cli("erase", "org-acme", "--data-class", "files", "--yes")
     assert again.returncode == 0
     assert "erased files of org-acme in eu: 0 objects" in again.stdout
+
+
+def test_an_endpoint_that_hangs_up_is_not_checked_not_drift(
+    world_environment: ResidencyWorld,
+) -> None:
+    # Reachable (the connection opens) but no answer: every region is "not checked".
+    stop = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.1)
+
+    def hang_up() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connection.close()
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    env = dict(
+        os.environ,
+        RESIDENCY_ENDPOINT_URL=f"http://127.0.0.1:{listener.getsockname()[1]}",
+        RESIDENCY_RETRY_DEADLINE_S="0.5",
+        RESIDENCY_RETRY_MAX_ATTEMPTS="1",
+    )
+    try:
+        verify = cli("verify", "--json", env=env)
+        check = cli("check", "--json", env=env)
+        text = cli("check", env=env)
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert verify.returncode == 2, verify.stdout + verify.stderr
+    report = document(verify)
+    assert sorted(report["unchecked"]) == sorted(report["regions"])
+    assert not any(r["checked"] for r in report["regions"].values())
+    assert check.returncode == 2, check.stdout + check.stderr
+    assert document(check)["drifted"] == 0
+    assert len(document(check)["unchecked"]) == 7
+    assert text.returncode == 2
+    assert "0 drifted, 7 regions not checked" in text.stdout

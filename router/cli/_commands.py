@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,7 +15,7 @@ from router.cli._exit import EXIT_FOUND, EXIT_OK, EXIT_UNCHECKED, could_not_chec
 from router.cli._output import dump, plain
 from router.cli._output import table as _table
 from router.config import RouterSettings
-from router.types import Explanation, PurgeReport, VerifyReport
+from router.types import Explanation, PurgeReport, Region, VerifyReport
 
 # AWS answers that mean "these credentials may not look", not "the bucket drifted".
 _AUTH_CODES = frozenset(
@@ -60,9 +60,10 @@ def cannot_check(settings: RouterSettings) -> str | None:
                 f"the endpoint {parts.scheme}://{parts.hostname}:{port} is unreachable "
                 f"({type(exc).__name__}); is 'residency-router local' running?"
             )
-    import botocore.session  # lazy: --help must not load botocore
+    import boto3  # lazy: --help must not load the SDK
 
-    if botocore.session.get_session().get_credentials() is None:
+    # The chain every client of the project resolves (environment, profile, role).
+    if boto3.Session().get_credentials() is None:
         return (
             "no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
             "AWS_PROFILE, or run where an instance or task role is available)"
@@ -115,25 +116,46 @@ async def _verify(settings: RouterSettings, as_json: bool) -> int:
 
     async with ResidencyRouter.from_settings(settings) as router:
         report = await router.verify()
+        # A region that failed and never answered (unreachable, credentials refused) was not
+        # checked: that proves nothing either way, so it is not reported as a violation.
+        health = router.health()
+    unchecked = [
+        region
+        for region, problems in report.by_region.items()
+        if problems and health[region].last_success is None
+    ]
     if as_json:
-        print(dump(verify_json(report)))
+        print(dump(verify_json(report, unchecked)))
     else:
         rows = [
-            [region.value, "ok" if not problems else "FAIL", "; ".join(problems)]
+            [
+                region.value,
+                "ok" if not problems else "NOT CHECKED" if region in unchecked else "FAIL",
+                "; ".join(problems),
+            ]
             for region, problems in report.by_region.items()
         ]
         print(_table(("region", "result", "problems"), rows))
+    if unchecked:
+        names = ", ".join(r.value for r in unchecked)
+        print(f"residency-router: could not check {names}: no answer", file=sys.stderr)
+        return EXIT_UNCHECKED
     return EXIT_OK if report.ok else EXIT_FOUND
 
 
-def verify_json(report: VerifyReport) -> dict[str, Any]:
-    """``{"ok", "regions": {region: {"ok", "problems"}}}``."""
+def verify_json(report: VerifyReport, unchecked: Sequence[Region] = ()) -> dict[str, Any]:
+    """``{"ok", "regions": {region: {"ok", "checked", "problems"}}}``."""
     return {
         "ok": report.ok,
         "regions": {
-            region.value: {"ok": not problems, "problems": list(problems)}
+            region.value: {
+                "ok": not problems,
+                "checked": region not in unchecked,
+                "problems": list(problems),
+            }
             for region, problems in report.by_region.items()
         },
+        "unchecked": [r.value for r in unchecked],
     }
 
 
