@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -212,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(exc, as_json=as_json)
     except KeyboardInterrupt:
         return report_error(RuntimeError("interrupted"), as_json=as_json)
+    except BrokenPipeError:
+        # The reader went away (``| head``): say nothing more, and let no flush at exit fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_UNCHECKED
 
 
 __all__ = ["EXIT_CODES", "EXIT_FOUND", "EXIT_UNCHECKED", "build_parser", "exit_code_for", "main"]
