@@ -450,3 +450,13 @@ async def residency_router(residency_settings: RouterSettings) -> AsyncIterator[
     """A started router on ``residency_world``, closed after the test."""
     async with ResidencyRouter.from_settings(residency_settings) as router:
         yield router
+
+
+def local_s3_server(port: int = 0) -> LocalS3Server:
+    """A :class:`LocalS3Server` that will listen on ``port`` of 127.0.0.1 (0: any free port).
+
+    ``residency-router local --port N`` uses it.
+    """
+    server = LocalS3Server()
+    server._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    return server

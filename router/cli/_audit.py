@@ -13,13 +13,19 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
+from router.cli._commands import cannot_check, settings_for
+from router.cli._exit import (
+    EXIT_FOUND,
+    EXIT_OK,
+    EXIT_UNCHECKED,
+    could_not_check,
+    error_document,
+)
 from router.cli._output import table as _table
-from router.config import RouterSettings
 from router.errors import ResidencyError
 from router.routing import ResidencyRouter
 from router.types import AuditReport
 
-EXIT_OK, EXIT_FOUND, EXIT_UNCHECKED = 0, 1, 2
 PROGRESS_EVERY_S = 0.5
 
 
@@ -32,11 +38,16 @@ async def _audit(args: argparse.Namespace) -> int:
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
     try:
         # The audit checks each object itself; start-up verification would only slow it.
-        settings = RouterSettings().model_copy(update={"verify_on_start": "off"})
+        settings = settings_for(args, verify_on_start="off")
+        reason = await asyncio.to_thread(cannot_check, settings)
+        if reason is not None:
+            return could_not_check(reason, as_json=args.json)
         async with ResidencyRouter.from_settings(settings) as router:
             report = await router.audit(regions=args.region, progress=progress)
     except (ResidencyError, ValidationError) as exc:
         print(f"residency-router: could not audit: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(error_document(exc, EXIT_UNCHECKED), indent=2))
         return EXIT_UNCHECKED
     finally:
         if progress is not None:

@@ -12,14 +12,13 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from router.cli._local import TESTING_EXTRA, region_map_file
 from router.cli._output import table as _table
 from router.errors import ResidencyError, UnknownOrgError
 from router.orgs import StaticOrgDirectory
 from router.regions import RegionMap
 from router.routing import ResidencyRouter
 from router.types import OrgId, OrgResidency, Region
-
-TESTING_EXTRA = "pip install 'residency-router[testing]'"
 
 
 def _short_key(arn: str) -> str:
@@ -235,12 +234,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     started = time.perf_counter()
     with (
+        region_map_file(args.regions) as source,  # default: the map shipped in the package
         isolated_aws_environment(),
         LocalS3Server() as server,
         tempfile.TemporaryDirectory() as workdir,
     ):
         print(f"moto S3/KMS server on {server.endpoint_url} (loopback only)")
-        world = ResidencyWorld.provision(server.endpoint_url, args.regions, workdir)
+        world = ResidencyWorld.provision(server.endpoint_url, source, workdir)
         print(
             f"provisioned {len(world.region_map.regions)} regions: "
             + ", ".join(f"{c.region.value}={c.aws_region}" for c in world.region_map)

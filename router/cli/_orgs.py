@@ -5,22 +5,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from router.config import RouterSettings
-from router.errors import InvalidArgumentError, UnknownOrgError
-from router.inputs import parse_org_id
-from router.orgs import DynamoDBOrgDirectory
-from router.regions import RegionMap
-from router.routing import ResidencyRouter
+from router.cli._output import dump, plain
 from router.types import MoveReceipt, OrgResidency, Region
 
+if TYPE_CHECKING:  # the commands import them when they run: --help must stay light
+    from router.orgs import DynamoDBOrgDirectory
+    from router.regions import RegionMap
+    from router.routing import ResidencyRouter
 
-def add_parser(commands: Any) -> None:
-    """Add ``orgs`` and its subcommands to the command parser."""
+Option = Callable[[argparse.ArgumentParser], None]
+
+
+def add_parser(commands: Any, *options: Option) -> None:
+    """Add ``orgs`` and its subcommands to the command parser, each with ``options``."""
     orgs = commands.add_parser("orgs", help="show, list, set or move org residency records")
     orgs_commands = orgs.add_subparsers(dest="orgs_command", required=True)
-    orgs_commands.add_parser("list", help="list every org record")
+    listing = orgs_commands.add_parser("list", help="list every org record")
     show = orgs_commands.add_parser("show", help="show one org record")
     show.add_argument("org")
     set_org = orgs_commands.add_parser(
@@ -51,6 +54,9 @@ def add_parser(commands: Any) -> None:
     move.add_argument(
         "--abort", action="store_true", help="abandon the org's move before its switch"
     )
+    for sub in (listing, show, set_org, move):
+        for option in options:
+            option(sub)
 
 
 def format_org(record: OrgResidency) -> str:
@@ -72,44 +78,61 @@ def format_org(record: OrgResidency) -> str:
     return line
 
 
+def _emit(args: argparse.Namespace, text: str, document: dict[str, Any]) -> None:
+    print(dump(document) if args.json else text)
+
+
 async def run(args: argparse.Namespace) -> int:
     """Run one ``orgs`` subcommand; return the exit status."""
-    settings = RouterSettings().model_copy(update={"verify_on_start": "off"})
+    from router.cli._commands import settings_for
+    from router.cli._exit import usage
+    from router.inputs import parse_org_id
+    from router.orgs import DynamoDBOrgDirectory
+    from router.regions import RegionMap
+    from router.routing import ResidencyRouter
+
+    settings = settings_for(args, verify_on_start="off")
     region_map = await asyncio.to_thread(RegionMap.load, settings.regions_file)
     if args.orgs_command in ("set", "move") and not settings.directory_table:
-        print(
-            f"residency-router: orgs {args.orgs_command} needs RESIDENCY_DIRECTORY_TABLE (a "
-            "DynamoDB table); static orgs live in regions.yaml and cannot change at run time",
-            file=sys.stderr,
+        return usage(
+            f"orgs {args.orgs_command} needs RESIDENCY_DIRECTORY_TABLE (a DynamoDB table); "
+            "static orgs live in regions.yaml and cannot change at run time",
+            as_json=args.json,
         )
-        return 2
     async with ResidencyRouter.from_settings(settings) as router:
         directory = router.directory.inner
         if args.orgs_command == "show":
-            print(format_org(await router.directory.fresh(parse_org_id(args.org))))
+            record = await router.directory.fresh(parse_org_id(args.org))
+            _emit(args, format_org(record), {"ok": True, "org": plain(record)})
             return 0
         if args.orgs_command == "list":
-            return await _list(directory, region_map)
+            return await _list(args, directory, region_map)
         if args.orgs_command == "move":
             return await _move(args, router)
         assert isinstance(directory, DynamoDBOrgDirectory)
         return await _set_org(args, router, directory, region_map)
 
 
-async def _list(directory: object, region_map: RegionMap) -> int:
-    bad = 0
+async def _list(args: argparse.Namespace, directory: object, region_map: RegionMap) -> int:
+    from router.orgs import DynamoDBOrgDirectory
+
+    bad: list[str] = []
     if isinstance(directory, DynamoDBOrgDirectory):
         records = []
         async for found in directory.list():
             if isinstance(found, OrgResidency):
                 records.append(found)
             else:
-                bad += 1
+                bad.append(str(found))
                 print(f"residency-router: {found}", file=sys.stderr)
     else:
         records = list(region_map.orgs.values())
-    for record in sorted(records, key=lambda r: r.org_id):
-        print(format_org(record))
+    records.sort(key=lambda r: r.org_id)
+    _emit(
+        args,
+        "\n".join(format_org(record) for record in records),
+        {"ok": not bad, "orgs": [plain(r) for r in records], "unreadable": bad},
+    )
     return 1 if bad else 0
 
 
@@ -119,6 +142,10 @@ async def _set_org(
     directory: DynamoDBOrgDirectory,
     region_map: RegionMap,
 ) -> int:
+    from router.cli._exit import usage
+    from router.errors import InvalidArgumentError, UnknownOrgError
+    from router.inputs import parse_org_id
+
     org_id = parse_org_id(args.org)
     try:
         current: OrgResidency | None = await router.directory.fresh(org_id)
@@ -127,12 +154,14 @@ async def _set_org(
     if current is None:
         return await _create(args, org_id, directory, region_map)
     if args.region is not None and Region(args.region) is not current.region:
-        print(
-            f"residency-router: refused: {org_id} lives in {current.region.value}; its storage "
-            f"region changes only by moving its data: residency-router orgs move {org_id} "
-            f"--to {args.region}",
-            file=sys.stderr,
+        message = (
+            f"refused: {org_id} lives in {current.region.value}; its storage region changes "
+            f"only by moving its data: residency-router orgs move {org_id} --to {args.region}"
         )
+        print(f"residency-router: {message}", file=sys.stderr)
+        if args.json:
+            refusal = {"type": "Refused", "kind": "refused", "message": message}
+            print(dump({"ok": False, "exit_code": 1, "error": refusal}))
         return 1
     changes: dict[str, Any] = {}
     if args.processing_region is not None:
@@ -145,22 +174,28 @@ async def _set_org(
     try:
         record = await router.update_org(org_id, **changes)
     except InvalidArgumentError as exc:
-        print(f"residency-router: {exc}", file=sys.stderr)
-        return 2
-    print(format_org(record))
-    if record.version == current.version:
-        print("nothing changed")
+        return usage(str(exc), as_json=args.json)
+    lines = [format_org(record)]
+    changed = record.version != current.version
+    if not changed:
+        lines.append("nothing changed")
     elif record.effective_at is not None:
-        print(f"takes effect on every router at {record.effective_at.isoformat()}")
+        lines.append(f"takes effect on every router at {record.effective_at.isoformat()}")
+    _emit(
+        args,
+        "\n".join(lines),
+        {"ok": True, "org": plain(record), "created": False, "changed": changed},
+    )
     return 0
 
 
 async def _create(
     args: argparse.Namespace, org_id: Any, directory: DynamoDBOrgDirectory, region_map: RegionMap
 ) -> int:
+    from router.cli._exit import usage
+
     if args.region is None:
-        print("residency-router: a new org needs --region", file=sys.stderr)
-        return 2
+        return usage("a new org needs --region", as_json=args.json)
     pin = args.processing_region
     record, problems = region_map.org_record(
         org_id,
@@ -173,30 +208,39 @@ async def _create(
         },
     )
     if record is None:
-        print("residency-router: " + "; ".join(f"{org_id}{p}" for p in problems), file=sys.stderr)
-        return 2
+        return usage("; ".join(f"{org_id}{p}" for p in problems), as_json=args.json)
     await directory.write(record, expected_version=None)
-    print(format_org(record))
-    print("created: routers that looked the org up before see it once their negative cache ends")
+    _emit(
+        args,
+        format_org(record) + "\ncreated: routers that looked the org up before see it once "
+        "their negative cache ends",
+        {"ok": True, "org": plain(record), "created": True, "changed": True},
+    )
     return 0
 
 
 async def _move(args: argparse.Namespace, router: ResidencyRouter) -> int:
+    from router.cli._exit import usage
+
     if args.abort:
         aborted = await router.abort_move(args.org)
         if aborted is None:
-            print(f"{args.org} is not moving: nothing to abort")
+            _emit(
+                args,
+                f"{args.org} is not moving: nothing to abort",
+                {"ok": True, "aborted": False, "receipt": None},
+            )
             return 0
-        _print_receipt(aborted)
+        document = {"ok": True, "aborted": True, "receipt": plain(aborted)}
+        _emit(args, format_receipt(aborted), document)
         return 0
     if args.to is None:
-        print("residency-router: orgs move needs --to REGION (or --abort)", file=sys.stderr)
-        return 2
+        return usage("orgs move needs --to REGION (or --abort)", as_json=args.json)
     progress = _progress if sys.stderr.isatty() else None
     receipt = await router.move_org(args.org, args.to, dry_run=args.dry_run, progress=progress)
     if progress is not None:
         print(file=sys.stderr)
-    _print_receipt(receipt)
+    _emit(args, format_receipt(receipt), {"ok": True, "receipt": plain(receipt)})
     return 0
 
 
@@ -204,17 +248,18 @@ def _progress(objects: int, size: int) -> None:
     print(f"\rcopied {objects} objects, {size} bytes", end="", file=sys.stderr, flush=True)
 
 
-def _print_receipt(receipt: MoveReceipt) -> None:
+def format_receipt(receipt: MoveReceipt) -> str:
+    """A move's receipt as text: counts, instants, then the phases in order."""
     head = "dry run: " if receipt.dry_run else ""
-    print(
-        f"{head}{receipt.org_id}: {receipt.from_region.value} -> {receipt.to_region.value}\n"
-        f"  objects copied:   {receipt.objects_copied}\n"
-        f"  bytes copied:     {receipt.bytes_copied}\n"
-        f"  versions deleted: {receipt.versions_deleted}\n"
-        f"  uploads aborted:  {receipt.uploads_aborted}\n"
-        f"  writes fenced:    {receipt.writes_fenced_s:.1f}s\n"
-        f"  started:          {receipt.started_at.isoformat()}\n"
-        f"  finished:         {receipt.finished_at.isoformat()}"
-    )
-    for number, phase in enumerate(receipt.phases, start=1):
-        print(f"  {number}. {phase}")
+    lines = [
+        f"{head}{receipt.org_id}: {receipt.from_region.value} -> {receipt.to_region.value}",
+        f"  objects copied:   {receipt.objects_copied}",
+        f"  bytes copied:     {receipt.bytes_copied}",
+        f"  versions deleted: {receipt.versions_deleted}",
+        f"  uploads aborted:  {receipt.uploads_aborted}",
+        f"  writes fenced:    {receipt.writes_fenced_s:.1f}s",
+        f"  started:          {receipt.started_at.isoformat()}",
+        f"  finished:         {receipt.finished_at.isoformat()}",
+    ]
+    lines += [f"  {number}. {phase}" for number, phase in enumerate(receipt.phases, start=1)]
+    return "\n".join(lines)
