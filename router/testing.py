@@ -405,7 +405,7 @@ def isolated_aws_environment() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _residency_aws_isolation() -> Iterator[None]:
+def residency_aws_isolation() -> Iterator[None]:
     """Every test runs without the developer's AWS variables or ~/.aws (dummy credentials)."""
     with isolated_aws_environment():
         yield
@@ -419,7 +419,7 @@ def residency_s3_server() -> Iterator[LocalS3Server]:
 
 
 @pytest.fixture
-def moto_endpoint(residency_s3_server: LocalS3Server) -> str:
+def residency_moto_endpoint(residency_s3_server: LocalS3Server) -> str:
     """The moto server's endpoint URL, reset to empty for this test."""
     residency_s3_server.reset()
     return residency_s3_server.endpoint_url
@@ -433,10 +433,10 @@ def residency_regions_file(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture
 def residency_world(
-    moto_endpoint: str, residency_regions_file: Path, tmp_path: Path
+    residency_moto_endpoint: str, residency_regions_file: Path, tmp_path: Path
 ) -> ResidencyWorld:
     """A fresh seven-region world (hardened buckets, regional keys) on the moto server."""
-    return ResidencyWorld.provision(moto_endpoint, residency_regions_file, tmp_path)
+    return ResidencyWorld.provision(residency_moto_endpoint, residency_regions_file, tmp_path)
 
 
 @pytest.fixture
