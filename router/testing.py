@@ -246,6 +246,9 @@ class LocalS3Process:
             RuntimeError: the server did not start.
         """
         env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+        # The child imports this module from where the test process found it.
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
         with tempfile.TemporaryFile("w+") as errors:
             self._process = subprocess.Popen(
                 [sys.executable, "-c", "import router.testing as t; t._serve_counting_moto()"],
@@ -432,7 +435,8 @@ class ResidencyWorld:
         Every object version, delete marker and multipart upload goes from every bucket of
         the world (data and access-log buckets), and every DynamoDB table from the map's AWS
         regions and us-east-1 (the world provisions none, so each one is a test's own).
-        Bucket and key configuration is left as it is.
+        Bucket and key configuration is left as it is (a log bucket's policy is lifted while
+        its logs are deleted, then put back as provisioned).
 
         Raises:
             RuntimeError: S3 refused to delete some object versions.
@@ -454,7 +458,8 @@ class ResidencyWorld:
         # TLS-only denies to plain http deletes (it drops their condition), so the policy is
         # lifted while the logs go; a faithful S3 reached over TLS would need no lifting.
         log_bucket = hardened_region(cfg, self.region_map.retention).log_bucket
-        if not s3.list_object_versions(Bucket=log_bucket, MaxKeys=1).get("Versions"):
+        first = s3.list_object_versions(Bucket=log_bucket, MaxKeys=1)
+        if not (first.get("Versions") or first.get("DeleteMarkers")):
             return
         s3.delete_bucket_policy(Bucket=log_bucket)
         try:
