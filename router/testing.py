@@ -9,9 +9,14 @@ import contextlib
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
+import threading
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +122,185 @@ class LocalS3Server:
         self.stop()
 
 
+_CHANGES_PATH = "/_residency/configuration-changes"
+
+# What a test may do to a session world that emptying undoes; every other write (bucket
+# configuration, bucket creation or deletion, key state, aliases, policies) counts as a
+# configuration change, and the world is provisioned again.
+_KMS_DATA = frozenset(
+    {"Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateRandom", "Sign", "Verify"}
+)
+_DYNAMODB_DATA = frozenset(
+    {
+        "PutItem",
+        "UpdateItem",
+        "DeleteItem",
+        "BatchWriteItem",
+        "TransactWriteItems",
+        "ExecuteStatement",
+        "BatchExecuteStatement",
+        "ExecuteTransaction",
+        "CreateTable",
+        "DeleteTable",
+    }
+)
+_READ_PREFIXES = ("Describe", "List", "Get", "BatchGet", "TransactGet", "Query", "Scan")
+
+
+def _service_of(environ: Mapping[str, Any]) -> str:
+    credential = ""
+    authorization = str(environ.get("HTTP_AUTHORIZATION", ""))
+    if "Credential=" in authorization:
+        credential = authorization.split("Credential=", 1)[1].split(",", 1)[0]
+    else:  # a presigned URL
+        query = urllib.parse.parse_qs(str(environ.get("QUERY_STRING", "")))
+        credential = query.get("X-Amz-Credential", [""])[0]
+    parts = credential.split("/")
+    return parts[3] if len(parts) >= 5 else ""
+
+
+def changes_configuration(environ: Mapping[str, Any]) -> bool:
+    """Whether a request (a WSGI environ) may change what emptying a world does not undo.
+
+    Reads, object and upload requests, DynamoDB items and tables, and KMS cryptography do
+    not; anything else that writes, or whose service is unknown, does.
+    """
+    method = str(environ.get("REQUEST_METHOD", "GET"))
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return False
+    service = _service_of(environ)
+    if service == "sts":
+        return False
+    if service == "s3":
+        _, _, key = str(environ.get("PATH_INFO", "")).lstrip("/").partition("/")
+        if key:
+            return False  # an object, its tags, a multipart upload or one of its parts
+        query = urllib.parse.parse_qs(str(environ.get("QUERY_STRING", "")), keep_blank_values=True)
+        # DeleteObjects, or a browser's form upload (POST without a query).
+        return not (method == "POST" and set(query) <= {"delete", "x-id"})
+    operation = str(environ.get("HTTP_X_AMZ_TARGET", "")).rpartition(".")[2]
+    data = {"kms": _KMS_DATA, "dynamodb": _DYNAMODB_DATA}.get(service)
+    if data is None:
+        return True
+    return not (operation in data or operation.startswith(_READ_PREFIXES))
+
+
+class _ChangeCounter:
+    """WSGI middleware: counts configuration changes and answers how many there were."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") == _CHANGES_PATH:
+            body = str(self._count).encode()
+            start_response(
+                "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+            )
+            return [body]
+        if changes_configuration(environ):
+            with self._lock:
+                self._count += 1
+        return self._app(environ, start_response)
+
+
+def _serve_counting_moto() -> None:
+    """Child process of ``LocalS3Process``: serve until the parent closes stdin."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    _defer_symmetric_private_keys()
+    app = _ChangeCounter(DomainDispatcherApplication(create_backend_app))
+    extra: dict[str, Any] = {}
+    # moto's handler keeps S3 metadata names with underscores; older moto has none.
+    with contextlib.suppress(ImportError):
+        from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+        extra["request_handler"] = MotoRequestHandler
+    server = make_server("127.0.0.1", 0, app, threaded=True, **extra)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    print(server.server_port, flush=True)
+    sys.stdin.read()
+    server.shutdown()
+
+
+class LocalS3Process:
+    """A moto server on 127.0.0.1 in a child process, counting configuration changes.
+
+    Its state is its own: ``LocalS3Server.reset`` in the test process leaves it alone. It
+    stops when ``stop`` is called or the test process exits.
+    """
+
+    def __init__(self) -> None:
+        self.endpoint_url = ""
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> str:
+        """Start the child process and return its endpoint URL.
+
+        Raises:
+            RuntimeError: the server did not start.
+        """
+        env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+        # The child imports this module from where the test process found it.
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
+        with tempfile.TemporaryFile("w+") as errors:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", "import router.testing as t; t._serve_counting_moto()"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                env=env,
+                text=True,
+            )
+            assert self._process.stdout is not None
+            port = self._process.stdout.readline().strip()
+            if not port.isdigit():
+                self.stop()
+                errors.seek(0)
+                raise RuntimeError(f"the moto child process did not start: {errors.read()}")
+        self.endpoint_url = f"http://127.0.0.1:{port}"
+        return self.endpoint_url
+
+    def configuration_changes(self) -> int:
+        """How many requests so far may have changed configuration (``changes_configuration``)."""
+        with urllib.request.urlopen(self.endpoint_url + _CHANGES_PATH, timeout=10) as response:
+            return int(response.read())
+
+    def reset(self) -> None:
+        """Forget every bucket, key and table (moto's reset API)."""
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+    def stop(self) -> None:
+        """Stop the child process."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+    def __enter__(self) -> LocalS3Process:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 # boto3 clients are slow to make and hold no state of a world: share them per endpoint.
 _CLIENTS: dict[tuple[str, str, str], Any] = {}
 
@@ -200,7 +384,6 @@ class ResidencyWorld:
     def _provision_bucket(self, cfg: RegionConfig, key_arn: str, *, attach_policy: bool) -> None:
         spec = hardened_region(cfg, self.region_map.retention)
         s3 = self.client("s3", cfg.aws_region)
-        account = key_arn.split(":")[4]
         for bucket, role in ((spec.log_bucket, ROLE_ACCESS_LOGS), (spec.bucket, ROLE_DATA)):
             create: dict[str, Any] = {"Bucket": bucket, "ObjectOwnership": OWNERSHIP}
             if cfg.aws_region != "us-east-1":
@@ -231,12 +414,7 @@ class ResidencyWorld:
         )
         # The log bucket's policy lets S3 deliver access logs; it is needed before logging
         # can be turned on (ACLs are disabled by BucketOwnerEnforced).
-        s3.put_bucket_policy(
-            Bucket=spec.log_bucket,
-            Policy=json.dumps(
-                log_bucket_policy(spec.log_bucket, f"arn:aws:s3:::{spec.bucket}", account)
-            ),
-        )
+        s3.put_bucket_policy(Bucket=spec.log_bucket, Policy=self._log_bucket_policy(cfg))
         s3.put_bucket_logging(
             Bucket=spec.bucket,
             BucketLoggingStatus={
@@ -250,6 +428,49 @@ class ResidencyWorld:
             s3.put_bucket_policy(
                 Bucket=spec.bucket, Policy=json.dumps(bucket_policy(spec.bucket, key_arn))
             )
+
+    def empty(self) -> None:
+        """Delete what tests leave: objects, versions, delete markers, uploads and tables.
+
+        Every object version, delete marker and multipart upload goes from every bucket of
+        the world (data and access-log buckets), and every DynamoDB table from the map's AWS
+        regions and us-east-1 (the world provisions none, so each one is a test's own).
+        Bucket and key configuration is left as it is (a log bucket's policy is lifted while
+        its logs are deleted, then put back as provisioned).
+
+        Raises:
+            RuntimeError: S3 refused to delete some object versions.
+        """
+        aws_regions = sorted({cfg.aws_region for cfg in self.region_map} | {"us-east-1"})
+        # Clients are made here, not in the threads: making boto3 sessions is not thread-safe.
+        s3 = {cfg.region: self.client("s3", cfg.aws_region) for cfg in self.region_map}
+        tables = [self.client("dynamodb", aws_region) for aws_region in aws_regions]
+        # Requests are mostly waiting on the server: overlap them.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            done = [pool.submit(self._empty_region, cfg, s3[cfg.region]) for cfg in self.region_map]
+            done += [pool.submit(_drop_tables, dynamodb) for dynamodb in tables]
+            for future in done:
+                future.result()
+
+    def _empty_region(self, cfg: RegionConfig, s3: Any) -> None:
+        _empty_bucket(s3, cfg.bucket)
+        # After the data bucket: emptying it wrote access logs. moto applies the log bucket's
+        # TLS-only denies to plain http deletes (it drops their condition), so the policy is
+        # lifted while the logs go; a faithful S3 reached over TLS would need no lifting.
+        log_bucket = hardened_region(cfg, self.region_map.retention).log_bucket
+        first = s3.list_object_versions(Bucket=log_bucket, MaxKeys=1)
+        if not (first.get("Versions") or first.get("DeleteMarkers")):
+            return
+        s3.delete_bucket_policy(Bucket=log_bucket)
+        try:
+            _empty_bucket(s3, log_bucket)
+        finally:
+            s3.put_bucket_policy(Bucket=log_bucket, Policy=self._log_bucket_policy(cfg))
+
+    def _log_bucket_policy(self, cfg: RegionConfig) -> str:
+        log_bucket = hardened_region(cfg, self.region_map.retention).log_bucket
+        account = self.key_arn(cfg.region).split(":")[4]
+        return json.dumps(log_bucket_policy(log_bucket, f"arn:aws:s3:::{cfg.bucket}", account))
 
     def client(self, service: str, aws_region: str) -> Any:
         """Return an independent boto3 client for ``service`` in ``aws_region``."""
@@ -376,6 +597,68 @@ class ResidencyWorld:
             )
 
 
+def _empty_bucket(s3: Any, bucket: str) -> None:
+    for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+        for upload in page.get("Uploads", []):
+            s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    # Listed in full before deleting, so that no page marker points at a deleted version.
+    entries = [
+        {"Key": entry["Key"], "VersionId": entry["VersionId"]}
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket)
+        for entry in (*page.get("Versions", []), *page.get("DeleteMarkers", []))
+    ]
+    for start in range(0, len(entries), 1000):
+        answer = s3.delete_objects(
+            Bucket=bucket, Delete={"Objects": entries[start : start + 1000], "Quiet": True}
+        )
+        if answer.get("Errors"):
+            raise RuntimeError(f"could not empty {bucket}: {answer['Errors'][:3]}")
+
+
+def _drop_tables(dynamodb: Any) -> None:
+    for page in dynamodb.get_paginator("list_tables").paginate():
+        for table in page.get("TableNames", []):
+            dynamodb.delete_table(TableName=table)
+
+
+class SessionWorld:
+    """One world for many tests: provisioned once, handed out emptied.
+
+    ``fresh`` empties the world (``ResidencyWorld.empty``) when no test changed its
+    configuration since it was last handed out, and otherwise resets the server and
+    provisions the world again (seconds, so only after tests that need it).
+    """
+
+    def __init__(self, server: LocalS3Process, source: Path, workdir: Path) -> None:
+        self._server = server
+        self._source = source
+        self._workdir = workdir
+        self.provisions = 0
+        self.world = self._provision()
+        self._changes = server.configuration_changes()
+
+    def _provision(self) -> ResidencyWorld:
+        self.provisions += 1
+        with isolated_aws_environment():
+            return ResidencyWorld.provision(self._server.endpoint_url, self._source, self._workdir)
+
+    def fresh(self) -> ResidencyWorld:
+        """Return the world as provisioned, with nothing a test left in it.
+
+        Raises:
+            RuntimeError: S3 refused to delete some object versions.
+        """
+        if self._server.configuration_changes() != self._changes:
+            self._server.reset()
+            # In place: whoever holds the world keeps holding the current one.
+            vars(self.world).update(vars(self._provision()))
+        # Also after provisioning: moto logged some of its requests into the log buckets.
+        self.world.empty()
+        # Emptying lifts and restores the log buckets' policies: not a test's change.
+        self._changes = self._server.configuration_changes()
+        return self.world
+
+
 @contextlib.contextmanager
 def isolated_aws_environment() -> Iterator[None]:
     """Hide the developer's AWS variables and files; use dummy credentials meanwhile."""
@@ -405,7 +688,7 @@ def isolated_aws_environment() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _residency_aws_isolation() -> Iterator[None]:
+def residency_aws_isolation() -> Iterator[None]:
     """Every test runs without the developer's AWS variables or ~/.aws (dummy credentials)."""
     with isolated_aws_environment():
         yield
@@ -419,7 +702,7 @@ def residency_s3_server() -> Iterator[LocalS3Server]:
 
 
 @pytest.fixture
-def moto_endpoint(residency_s3_server: LocalS3Server) -> str:
+def residency_moto_endpoint(residency_s3_server: LocalS3Server) -> str:
     """The moto server's endpoint URL, reset to empty for this test."""
     residency_s3_server.reset()
     return residency_s3_server.endpoint_url
@@ -433,10 +716,10 @@ def residency_regions_file(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture
 def residency_world(
-    moto_endpoint: str, residency_regions_file: Path, tmp_path: Path
+    residency_moto_endpoint: str, residency_regions_file: Path, tmp_path: Path
 ) -> ResidencyWorld:
     """A fresh seven-region world (hardened buckets, regional keys) on the moto server."""
-    return ResidencyWorld.provision(moto_endpoint, residency_regions_file, tmp_path)
+    return ResidencyWorld.provision(residency_moto_endpoint, residency_regions_file, tmp_path)
 
 
 @pytest.fixture
@@ -460,3 +743,54 @@ def local_s3_server(port: int = 0) -> LocalS3Server:
     server = LocalS3Server()
     server._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     return server
+
+
+@pytest.fixture(scope="session")
+def residency_session_server() -> Iterator[LocalS3Process]:
+    """A second moto server, in a child process, for the session world.
+
+    The per-test world's resets (``residency_moto_endpoint``) do not reach it.
+    """
+    with isolated_aws_environment(), LocalS3Process() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def residency_session_regions_file(request: pytest.FixtureRequest) -> Path:
+    """The region map the session world is provisioned from; override it in your conftest."""
+    return Path(request.config.rootpath) / "regions.yaml"
+
+
+@pytest.fixture(scope="session")
+def residency_shared_world(
+    residency_session_server: LocalS3Process,
+    residency_session_regions_file: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> SessionWorld:
+    """The session world's keeper: provisioned once per session (per xdist worker)."""
+    return SessionWorld(
+        residency_session_server,
+        residency_session_regions_file,
+        tmp_path_factory.mktemp("residency-session-world"),
+    )
+
+
+@pytest.fixture
+def residency_session_world(residency_shared_world: SessionWorld) -> ResidencyWorld:
+    """The session's one world, emptied for this test (see ``SessionWorld.fresh``)."""
+    return residency_shared_world.fresh()
+
+
+@pytest.fixture
+def residency_session_settings(residency_session_world: ResidencyWorld) -> RouterSettings:
+    """Router settings pointed at ``residency_session_world``."""
+    return residency_session_world.settings()
+
+
+@pytest_asyncio.fixture
+async def residency_session_router(
+    residency_session_settings: RouterSettings,
+) -> AsyncIterator[ResidencyRouter]:
+    """A started router on ``residency_session_world``, closed after the test."""
+    async with ResidencyRouter.from_settings(residency_session_settings) as router:
+        yield router

@@ -222,16 +222,16 @@ def test_every_custom_policy_has_a_fixture_it_must_fail() -> None:
 
 @pytest.mark.parametrize("region", [r.value for r in Region])
 def test_rendered_template_deploys_into_moto_cloudformation(
-    moto_endpoint: str, region: str
+    residency_moto_endpoint: str, region: str
 ) -> None:
     cfg = MAP.region(Region(region))
-    iam = local_client(moto_endpoint, "iam", "us-east-1")
+    iam = local_client(residency_moto_endpoint, "iam", "us-east-1")
     for name in ("residency-router", "residency-operator"):
         iam.create_role(
             RoleName=name,
             AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
         )
-    cfn = local_client(moto_endpoint, "cloudformation", cfg.aws_region)
+    cfn = local_client(residency_moto_endpoint, "cloudformation", cfg.aws_region)
     cfn.create_stack(
         StackName=f"residency-{region}",
         TemplateBody=(INFRA / f"{region}.yaml").read_text(),
@@ -242,7 +242,7 @@ def test_rendered_template_deploys_into_moto_cloudformation(
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
     assert outputs["DataBucketName"] == cfg.bucket
     assert outputs["KeyArn"].startswith(f"arn:aws:kms:{cfg.aws_region}:")
-    s3 = local_client(moto_endpoint, "s3", cfg.aws_region)
+    s3 = local_client(residency_moto_endpoint, "s3", cfg.aws_region)
     location = s3.get_bucket_location(Bucket=cfg.bucket)["LocationConstraint"] or "us-east-1"
     assert location == cfg.aws_region
     (rule,) = s3.get_bucket_encryption(Bucket=cfg.bucket)["ServerSideEncryptionConfiguration"][
@@ -252,7 +252,7 @@ def test_rendered_template_deploys_into_moto_cloudformation(
         "SSEAlgorithm": "aws:kms",
         "KMSMasterKeyID": outputs["KeyArn"],
     }
-    kms = local_client(moto_endpoint, "kms", cfg.aws_region)
+    kms = local_client(residency_moto_endpoint, "kms", cfg.aws_region)
     # moto keeps a CloudFormation key policy as a dict and then fails DescribeKey on it, so
     # the key is checked through its alias and rotation status instead.
     key_id = outputs["KeyArn"].rsplit("/", 1)[1]
@@ -265,8 +265,10 @@ def test_rendered_template_deploys_into_moto_cloudformation(
 
 
 @pytest.fixture
-def hardened_world(moto_endpoint: str, tmp_path: Path) -> ResidencyWorld:
-    return ResidencyWorld.provision(moto_endpoint, REGIONS_FILE, tmp_path, attach_policy=True)
+def hardened_world(residency_moto_endpoint: str, tmp_path: Path) -> ResidencyWorld:
+    return ResidencyWorld.provision(
+        residency_moto_endpoint, REGIONS_FILE, tmp_path, attach_policy=True
+    )
 
 
 def failures(world: ResidencyWorld, region: str, *, skip: tuple[str, ...] = ()) -> dict[str, str]:

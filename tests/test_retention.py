@@ -56,9 +56,9 @@ def directory() -> StaticOrgDirectory:
 
 @pytest.fixture
 async def router(
-    residency_world: ResidencyWorld, directory: StaticOrgDirectory, clock: FrozenClock
+    residency_session_world: ResidencyWorld, directory: StaticOrgDirectory, clock: FrozenClock
 ) -> AsyncIterator[ResidencyRouter]:
-    settings = residency_world.settings()
+    settings = residency_session_world.settings()
     async with ResidencyRouter.from_settings(settings, directory=directory, clock=clock) as r:
         yield r
 
@@ -105,7 +105,7 @@ async def test_route_processing_refuses_ineligible_calls(router: ResidencyRouter
 
 
 async def test_record_exchange_stores_json_in_storage_region_with_retention_tags(
-    router: ResidencyRouter, residency_world: ResidencyWorld
+    router: ResidencyRouter, residency_session_world: ResidencyWorld
 ) -> None:
     receipt = await router.record_exchange(
         "org-split", "/v1/chat/completions", request=b'{"q": 1}', response=b'{"a": 2}'
@@ -119,13 +119,15 @@ async def test_record_exchange_stores_json_in_storage_region_with_retention_tags
     )
     assert receipt.key.endswith(".json")
     caller_key = receipt.key.split("/inputs_outputs/", 1)[1]
-    head = residency_world.assert_stored_in(
+    head = residency_session_world.assert_stored_in(
         "org-split", caller_key, "jp", data_class="inputs_outputs"
     )
     assert head["ContentType"] == "application/json"
-    residency_world.assert_nothing_outside("jp")
-    s3 = residency_world.s3("jp")
-    body = s3.get_object(Bucket=residency_world.bucket("jp"), Key=receipt.key)["Body"].read()
+    residency_session_world.assert_nothing_outside("jp")
+    s3 = residency_session_world.s3("jp")
+    body = s3.get_object(Bucket=residency_session_world.bucket("jp"), Key=receipt.key)[
+        "Body"
+    ].read()
     assert json.loads(body) == {
         "endpoint": "/v1/chat/completions",
         "recorded_at": "2026-11-21T10:00:00Z",
@@ -133,7 +135,9 @@ async def test_record_exchange_stores_json_in_storage_region_with_retention_tags
         "request": '{"q": 1}',
         "response": '{"a": 2}',
     }
-    tags = s3.get_object_tagging(Bucket=residency_world.bucket("jp"), Key=receipt.key)["TagSet"]
+    tags = s3.get_object_tagging(Bucket=residency_session_world.bucket("jp"), Key=receipt.key)[
+        "TagSet"
+    ]
     assert {t["Key"]: t["Value"] for t in tags} == {
         "residency-org": "org-split",
         "residency-class": "inputs_outputs",
@@ -144,21 +148,21 @@ async def test_record_exchange_stores_json_in_storage_region_with_retention_tags
 
 
 async def test_record_exchange_for_pinned_org_on_non_regional_endpoint_is_stored(
-    router: ResidencyRouter, residency_world: ResidencyWorld
+    router: ResidencyRouter, residency_session_world: ResidencyWorld
 ) -> None:
     receipt = await router.record_exchange(
         "org-acme", "/v1/fine_tuning/jobs", request=b"\x00\xff", response=b"ok"
     )
     assert receipt.stored is True
-    s3 = residency_world.s3("eu")
+    s3 = residency_session_world.s3("eu")
     doc = json.loads(
-        s3.get_object(Bucket=residency_world.bucket("eu"), Key=receipt.key)["Body"].read()
+        s3.get_object(Bucket=residency_session_world.bucket("eu"), Key=receipt.key)["Body"].read()
     )
     assert doc["encoding"] == "base64"
 
 
 async def test_zdr_exchange_never_reaches_s3(
-    router: ResidencyRouter, residency_world: ResidencyWorld, requests_sent: RequestLog
+    router: ResidencyRouter, residency_session_world: ResidencyWorld, requests_sent: RequestLog
 ) -> None:
     receipt = await router.record_exchange(
         "org-kiku", "/v1/chat/completions", request=b"secret prompt", response=b"answer"
@@ -167,16 +171,16 @@ async def test_zdr_exchange_never_reaches_s3(
     assert "zero data retention" in receipt.reason
     assert receipt.version_id is None
     assert len(requests_sent) == 0
-    assert residency_world.all_versions("jp") == []
+    assert residency_session_world.all_versions("jp") == []
 
 
 async def test_zdr_exchange_skips_even_when_region_is_quarantined(
-    residency_world: ResidencyWorld, directory: StaticOrgDirectory, clock: FrozenClock
+    residency_session_world: ResidencyWorld, directory: StaticOrgDirectory, clock: FrozenClock
 ) -> None:
-    s3 = residency_world.s3("jp")
-    s3.delete_bucket_lifecycle(Bucket=residency_world.bucket("jp"))
-    s3.delete_bucket(Bucket=residency_world.bucket("jp"))
-    settings = residency_world.settings(verify_on_start="quarantine")
+    s3 = residency_session_world.s3("jp")
+    s3.delete_bucket_lifecycle(Bucket=residency_session_world.bucket("jp"))
+    s3.delete_bucket(Bucket=residency_session_world.bucket("jp"))
+    settings = residency_session_world.settings(verify_on_start="quarantine")
     async with ResidencyRouter.from_settings(settings, directory=directory, clock=clock) as r:
         log = RequestLog()
         r.storage.register("before-send.s3", log)
@@ -188,7 +192,7 @@ async def test_zdr_exchange_skips_even_when_region_is_quarantined(
 
 
 async def test_non_retaining_endpoint_is_never_stored(
-    router: ResidencyRouter, residency_world: ResidencyWorld, requests_sent: RequestLog
+    router: ResidencyRouter, residency_session_world: ResidencyWorld, requests_sent: RequestLog
 ) -> None:
     receipt = await router.record_exchange(
         "org-stars", "/v1/audio/transcriptions", request=b"audio", response=b"text"
@@ -217,7 +221,7 @@ async def test_record_exchange_refuses_unlisted_endpoint_and_bad_bodies(
 
 
 async def test_purge_deletes_expired_days_every_version_and_marker(
-    router: ResidencyRouter, residency_world: ResidencyWorld, clock: FrozenClock
+    router: ResidencyRouter, residency_session_world: ResidencyWorld, clock: FrozenClock
 ) -> None:
     lark = await router.record_exchange(
         "org-lark", "/v1/chat/completions", request=b"q", response=b"a"
@@ -229,20 +233,20 @@ async def test_purge_deletes_expired_days_every_version_and_marker(
         "org-stars", "/v1/chat/completions", request=b"q", response=b"a"
     )  # 30 days: expires 2026-12-21
     await router.put("org-lark", "keep/me.txt", b"files are never purged by age")
-    ca = residency_world.s3("ca")
+    ca = residency_session_world.s3("ca")
     # A second version and a delete marker must go too.
     ca.put_object(
-        Bucket=residency_world.bucket("ca"),
+        Bucket=residency_session_world.bucket("ca"),
         Key=lark.key,
         Body=b"v2",
         ServerSideEncryption="aws:kms",
-        SSEKMSKeyId=residency_world.key_arn("ca"),
+        SSEKMSKeyId=residency_session_world.key_arn("ca"),
     )
-    ca.delete_object(Bucket=residency_world.bucket("ca"), Key=lark2.key)
+    ca.delete_object(Bucket=residency_session_world.bucket("ca"), Key=lark2.key)
 
     report = await router.purge_expired(now=T0 + timedelta(days=6, hours=13))
     assert report.by_region[Region.CA].versions == 0
-    assert versions_under(residency_world, "ca", "orgs/org-lark/inputs_outputs/")
+    assert versions_under(residency_session_world, "ca", "orgs/org-lark/inputs_outputs/")
 
     # Expiry is 2026-11-28T10:00:00Z: not a second earlier (issue 12.2), then at once.
     report = await router.purge_expired(now=datetime(2026, 11, 28, 0, 0, 1, tzinfo=UTC))
@@ -252,40 +256,44 @@ async def test_purge_deletes_expired_days_every_version_and_marker(
     report = await router.purge_expired(now=datetime(2026, 11, 28, 10, 0, 0, tzinfo=UTC))
     assert report.by_region[Region.CA].objects == 2
     assert report.by_region[Region.CA].versions == 4  # 2 + 1 extra version + 1 marker
-    assert versions_under(residency_world, "ca", "orgs/org-lark/inputs_outputs/") == []
-    assert versions_under(residency_world, "ca", "orgs/org-lark/files/keep/me.txt")
-    assert versions_under(residency_world, "us", stars.key)
+    assert versions_under(residency_session_world, "ca", "orgs/org-lark/inputs_outputs/") == []
+    assert versions_under(residency_session_world, "ca", "orgs/org-lark/files/keep/me.txt")
+    assert versions_under(residency_session_world, "us", stars.key)
     assert set(report.by_region) == set(Region)
 
     clock.now = datetime(2026, 12, 21, 23, 59, tzinfo=UTC)
     report = await router.purge_expired()
     assert report.by_region[Region.US].objects == 1
-    assert versions_under(residency_world, "us", "orgs/org-stars/inputs_outputs/") == []
-    assert versions_under(residency_world, "ca", "orgs/org-lark/files/keep/me.txt")
+    assert versions_under(residency_session_world, "us", "orgs/org-stars/inputs_outputs/") == []
+    assert versions_under(residency_session_world, "ca", "orgs/org-lark/files/keep/me.txt")
 
 
 async def test_purge_finds_fully_delete_marked_days_and_departed_orgs(
-    router: ResidencyRouter, residency_world: ResidencyWorld, residency_settings: Any
+    router: ResidencyRouter,
+    residency_session_world: ResidencyWorld,
+    residency_session_settings: Any,
 ) -> None:
     departed = await router.record_exchange(
         "org-acme2", "/v1/chat/completions", request=b"q", response=b"a"
     )
-    eu = residency_world.s3("eu")
-    eu.delete_object(Bucket=residency_world.bucket("eu"), Key=departed.key)  # only a marker now
+    eu = residency_session_world.s3("eu")
+    eu.delete_object(
+        Bucket=residency_session_world.bucket("eu"), Key=departed.key
+    )  # only a marker now
     # A router whose directory no longer knows org-acme2 purges its data all the same.
     async with ResidencyRouter.from_settings(
-        residency_settings, directory=StaticOrgDirectory({})
+        residency_session_settings, directory=StaticOrgDirectory({})
     ) as other:
         report = await other.purge_expired(now=T0 + timedelta(days=31))
     assert report.by_region[Region.EU].versions == 2
-    assert versions_under(residency_world, "eu", "orgs/org-acme2/") == []
+    assert versions_under(residency_session_world, "eu", "orgs/org-acme2/") == []
 
 
 async def test_purge_aborts_stale_inputs_outputs_uploads_only(
-    router: ResidencyRouter, residency_world: ResidencyWorld
+    router: ResidencyRouter, residency_session_world: ResidencyWorld
 ) -> None:
-    s3 = residency_world.s3("us")
-    bucket = residency_world.bucket("us")
+    s3 = residency_session_world.s3("us")
+    bucket = residency_session_world.bucket("us")
     stale = s3.create_multipart_upload(
         Bucket=bucket, Key="orgs/org-stars/inputs_outputs/2099-01-01/v1/x/a.json"
     )["UploadId"]
@@ -313,23 +321,23 @@ async def test_purge_refuses_naive_time(router: ResidencyRouter) -> None:
 
 
 async def test_erase_org_removes_every_version_and_upload_and_nothing_else(
-    router: ResidencyRouter, residency_world: ResidencyWorld
+    router: ResidencyRouter, residency_session_world: ResidencyWorld
 ) -> None:
     await router.put("org-acme", "a.txt", b"1")
     await router.put("org-acme", "a.txt", b"2")
     await router.put("org-acme", "ft/data.jsonl", b"3", data_class="fine_tuning")
     await router.record_exchange("org-acme", "/v1/chat/completions", request=b"q", response=b"a")
     await router.put("org-acme2", "a.txt", b"neighbour")
-    eu = residency_world.s3("eu")
-    bucket = residency_world.bucket("eu")
+    eu = residency_session_world.s3("eu")
+    bucket = residency_session_world.bucket("eu")
     eu.delete_object(Bucket=bucket, Key="orgs/org-acme/files/a.txt")
     eu.create_multipart_upload(Bucket=bucket, Key="orgs/org-acme/files/partial.bin")
     neighbour_upload = eu.create_multipart_upload(Bucket=bucket, Key="orgs/org-acme2/files/p.bin")
 
     receipt = await router.erase_org("org-acme", data_class="fine_tuning")
     assert (receipt.objects_deleted, receipt.versions_deleted) == (1, 1)
-    assert versions_under(residency_world, "eu", "orgs/org-acme/fine_tuning/") == []
-    assert versions_under(residency_world, "eu", "orgs/org-acme/files/a.txt")
+    assert versions_under(residency_session_world, "eu", "orgs/org-acme/fine_tuning/") == []
+    assert versions_under(residency_session_world, "eu", "orgs/org-acme/files/a.txt")
 
     receipt = await router.erase_org("org-acme")
     assert receipt.region is Region.EU
@@ -337,8 +345,8 @@ async def test_erase_org_removes_every_version_and_upload_and_nothing_else(
     assert receipt.objects_deleted == 2  # files/a.txt, one exchange
     assert receipt.versions_deleted == 4  # two versions + marker + exchange
     assert receipt.uploads_aborted == 1
-    assert versions_under(residency_world, "eu", "orgs/org-acme/") == []
-    assert versions_under(residency_world, "eu", "orgs/org-acme2/")
+    assert versions_under(residency_session_world, "eu", "orgs/org-acme/") == []
+    assert versions_under(residency_session_world, "eu", "orgs/org-acme2/")
     uploads = eu.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert [u["UploadId"] for u in uploads] == [neighbour_upload["UploadId"]]
 
@@ -347,36 +355,38 @@ async def test_erase_org_removes_every_version_and_upload_and_nothing_else(
 
 
 async def test_erase_org_deletes_more_than_one_listing_page_of_versions(
-    router: ResidencyRouter, residency_world: ResidencyWorld
+    router: ResidencyRouter, residency_session_world: ResidencyWorld
 ) -> None:
     # DeleteObjects and ListObjectVersions both stop at 1000: the erasure must go on past
     # the first page (some S3 implementations end a listing early when its marker's version
     # has just been deleted, so each round lists from the start).
-    eu = residency_world.s3("eu")
-    bucket = residency_world.bucket("eu")
+    eu = residency_session_world.s3("eu")
+    bucket = residency_session_world.bucket("eu")
     for i in range(1003):
         eu.put_object(Bucket=bucket, Key=f"orgs/org-acme/files/many/{i:05d}", Body=b"x")
     receipt = await router.erase_org("org-acme")
     assert (receipt.objects_deleted, receipt.versions_deleted) == (1003, 1003)
-    assert versions_under(residency_world, "eu", "orgs/org-acme/") == []
+    assert versions_under(residency_session_world, "eu", "orgs/org-acme/") == []
 
 
 async def test_erase_org_for_departed_org_needs_its_region(
-    residency_world: ResidencyWorld, router: ResidencyRouter, residency_settings: Any
+    residency_session_world: ResidencyWorld,
+    router: ResidencyRouter,
+    residency_session_settings: Any,
 ) -> None:
     await router.put("org-lark", "a.txt", b"1")
     async with ResidencyRouter.from_settings(
-        residency_settings, directory=StaticOrgDirectory({})
+        residency_session_settings, directory=StaticOrgDirectory({})
     ) as other:
         with pytest.raises(UnknownOrgError):
             await other.erase_org("org-lark")
         receipt = await other.erase_org("org-lark", region="ca")
     assert receipt.versions_deleted == 1
-    assert versions_under(residency_world, "ca", "orgs/org-lark/") == []
+    assert versions_under(residency_session_world, "ca", "orgs/org-lark/") == []
 
 
 async def test_erase_org_refuses_region_contradicting_directory(
-    router: ResidencyRouter, residency_world: ResidencyWorld, requests_sent: RequestLog
+    router: ResidencyRouter, residency_session_world: ResidencyWorld, requests_sent: RequestLog
 ) -> None:
     await router.put("org-lark", "a.txt", b"1")
     requests_sent.requests.clear()
@@ -385,7 +395,7 @@ async def test_erase_org_refuses_region_contradicting_directory(
     with pytest.raises(InvalidArgumentError, match="residency region"):
         await router.erase_org("org-lark", region="mars")
     assert len(requests_sent) == 0
-    assert versions_under(residency_world, "ca", "orgs/org-lark/")
+    assert versions_under(residency_session_world, "ca", "orgs/org-lark/")
 
 
 # -- training -------------------------------------------------------------------------
@@ -429,11 +439,11 @@ class EditableDirectory:
 
 
 async def test_training_listing_checks_org_now_and_object_tag(
-    residency_world: ResidencyWorld, clock: FrozenClock
+    residency_session_world: ResidencyWorld, clock: FrozenClock
 ) -> None:
     directory = EditableDirectory(dict(ORGS))
     async with ResidencyRouter.from_settings(
-        residency_world.settings(), directory=directory, clock=clock
+        residency_session_world.settings(), directory=directory, clock=clock
     ) as r:
         for i in range(3):
             await r.put("org-lark", f"in/{i}.txt", b"x")
@@ -447,13 +457,13 @@ async def test_training_listing_checks_org_now_and_object_tag(
         directory.records["org-lark"] = ORGS["org-lark"]
         r.invalidate("org-lark")
         # Planted under org-lark's prefix with another org's tag: never listed.
-        ca = residency_world.s3("ca")
+        ca = residency_session_world.s3("ca")
         ca.put_object(
-            Bucket=residency_world.bucket("ca"),
+            Bucket=residency_session_world.bucket("ca"),
             Key="orgs/org-lark/files/planted.txt",
             Body=b"x",
             ServerSideEncryption="aws:kms",
-            SSEKMSKeyId=residency_world.key_arn("ca"),
+            SSEKMSKeyId=residency_session_world.key_arn("ca"),
             Tagging="residency-org=org-stars&residency-training=opt-in",
         )
         eligible = sorted([o.key async for o in r.list_training_eligible("org-lark")])
@@ -492,21 +502,21 @@ async def test_explain_sends_no_s3_request(
 
 
 async def test_exchanges_stored_without_a_time_go_only_after_their_whole_day(
-    router: ResidencyRouter, residency_world: ResidencyWorld
+    router: ResidencyRouter, residency_session_world: ResidencyWorld
 ) -> None:
     # Keys written before the time segment existed: .../YYYY-MM-DD/{endpoint}/{uuid}.json.
-    us = residency_world.s3("us")
+    us = residency_session_world.s3("us")
     legacy = "orgs/org-stars/inputs_outputs/2026-12-21/v1/chat/completions/old.json"
     us.put_object(
-        Bucket=residency_world.bucket("us"),
+        Bucket=residency_session_world.bucket("us"),
         Key=legacy,
         Body=b"{}",
         ServerSideEncryption="aws:kms",
-        SSEKMSKeyId=residency_world.key_arn("us"),
+        SSEKMSKeyId=residency_session_world.key_arn("us"),
     )
     report = await router.purge_expired(now=datetime(2026, 12, 21, 23, 59, 59, tzinfo=UTC))
     assert report.by_region[Region.US].versions == 0
-    assert versions_under(residency_world, "us", legacy)
+    assert versions_under(residency_session_world, "us", legacy)
     report = await router.purge_expired(now=datetime(2026, 12, 22, 0, 0, 0, tzinfo=UTC))
     assert report.by_region[Region.US].versions == 1
-    assert versions_under(residency_world, "us", legacy) == []
+    assert versions_under(residency_session_world, "us", legacy) == []
