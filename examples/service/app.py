@@ -170,10 +170,7 @@ def org_of(request: Request) -> str:
 
 def content_type_of(info: ObjectInfo) -> str:
     """Return the content type the object was stored with, or ``application/octet-stream``."""
-    # ObjectInfo gains content_type with the object API of issue 14; until a router has it,
-    # downloads are served as application/octet-stream.
-    stored: Any = getattr(info, "content_type", None)
-    return stored if isinstance(stored, str) and stored else DEFAULT_CONTENT_TYPE
+    return info.content_type or DEFAULT_CONTENT_TYPE
 
 
 async def health(request: Request) -> Response:

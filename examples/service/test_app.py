@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
@@ -14,7 +13,6 @@ from starlette.testclient import TestClient
 
 from examples.service import app as service_module
 from examples.service.app import ApiKeys, ServiceSettings, create_app
-from router import ObjectInfo
 from router.testing import ResidencyWorld
 
 ACME_KEY = "acme-key-0123456789abcdef"  # org-acme: eu
@@ -22,10 +20,6 @@ KIKU_KEY = "kiku-key-0123456789abcdef"  # org-kiku: jp, zero data retention
 ACME = {"Authorization": f"Bearer {ACME_KEY}"}
 KIKU = {"X-API-Key": KIKU_KEY}
 REGIONS = ("us", "eu", "jp", "ca", "kr", "sg", "in")
-
-# The object API of issue 14 adds content_type to ObjectInfo; before it, the service cannot
-# read a stored content type back and downloads are application/octet-stream.
-HAS_STORED_CONTENT_TYPE = "content_type" in {f.name for f in dataclasses.fields(ObjectInfo)}
 
 
 def service_settings() -> ServiceSettings:
@@ -67,11 +61,6 @@ def test_upload_lands_in_the_org_region_with_its_content_type(
     assert client.get("/files/reports/q3.csv", headers=ACME).status_code == 404
 
 
-@pytest.mark.xfail(
-    not HAS_STORED_CONTENT_TYPE,
-    reason="needs ObjectInfo.content_type (issue 14, object API)",
-    strict=True,
-)
 def test_download_answers_with_the_uploaded_content_type(client: TestClient) -> None:
     headers = {**ACME, "Content-Type": "text/csv; charset=utf-8"}
     assert client.put("/files/a.csv", content=b"a,b\n", headers=headers).status_code == 201
