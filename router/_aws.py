@@ -203,6 +203,62 @@ class NoRedirectAIOHTTPSession(AIOHTTPSession):
         return _NoRedirectClientSession(session, self._residency_context)
 
 
+class LeanHttp:
+    """The aiohttp session of the lean transport in one AWS region (see :mod:`router._s3.lean`).
+
+    Made only by :func:`open_lean_http`, with the guarantees of every other client: no
+    redirect followed, TLS 1.2 or newer and always verified, no environment proxy (only
+    ``proxy_url``), no silent re-send, connect and read timeouts set, a bounded pool.
+    """
+
+    __slots__ = ("_proxy", "_session", "_ssl", "user_agent")
+
+    def __init__(
+        self, session: aiohttp.ClientSession, context: ssl.SSLContext, proxy: str | None
+    ) -> None:
+        self._session = session
+        self._ssl = context
+        self._proxy = proxy
+        self.user_agent = f"{USER_AGENT} aiohttp/{aiohttp.__version__}"
+
+    def request(self, method: str, url: Any, *, headers: Any, data: bytes | None) -> Any:
+        """Send one request (await it for the response; ``async with`` it to release)."""
+        return self._session.request(
+            method,
+            url,
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            ssl=self._ssl,
+            proxy=self._proxy,
+        )
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+
+async def open_lean_http(transport: Transport, ca_bundle: str | None) -> LeanHttp:
+    """Return the lean transport's aiohttp session for one AWS region.
+
+    Close it with ``aclose``. ``ca_bundle`` is botocore's ``ca_bundle`` setting
+    (``AWS_CA_BUNDLE``), as the aiobotocore clients use it.
+    """
+    context = await asyncio.to_thread(_shared_tls_context, ca_bundle or True)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=transport.max_pool_connections, ssl=context),
+        timeout=aiohttp.ClientTimeout(
+            sock_connect=transport.connect_timeout_s, sock_read=transport.read_timeout_s
+        ),
+        # As aiobotocore: no guessed Content-Type, bodies passed through as stored.
+        skip_auto_headers={"Content-Type"},
+        auto_decompress=False,
+        trust_env=False,
+    )
+    # As for the aiobotocore clients: the retry budget counts the requests actually sent.
+    session._retry_connection = False
+    return LeanHttp(session, context, transport.proxy_url)
+
+
 def _drop_expect_continue(request: Any, **_: Any) -> None:
     """Send bodies at once instead of waiting for ``100 Continue``.
 

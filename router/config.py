@@ -22,6 +22,7 @@ MAX_PARTS = 10_000
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 VerifyMode = Literal["strict", "quarantine", "off"]
+TransportMode = Literal["lean", "botocore"]
 
 
 def is_loopback_host(host: str) -> bool:
@@ -156,6 +157,9 @@ class RouterSettings(BaseSettings):
     """How often ``purge_expired`` runs; the audit flags exchanges kept longer past expiry."""
     proxy_url: str | None = None
     """The only proxy the router's clients use (environment proxies are always ignored)."""
+    transport: TransportMode = "lean"
+    """How single-request puts, gets, streams and heads reach S3: ``lean`` (botocore's signer
+    over one aiohttp session per region) or ``botocore`` (aiobotocore's client for all)."""
 
     @property
     def change_delay_s(self) -> float:

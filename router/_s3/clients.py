@@ -8,10 +8,18 @@ from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from router._aws import Transport, new_aio_session, open_aio_client, warm_loader
+from router._aws import (
+    Transport,
+    new_aio_session,
+    open_aio_client,
+    open_lean_http,
+    redirect_guard,
+    warm_loader,
+)
 from router._retry import RetryPolicy
 from router._s3.errors import S3Errors
 from router._s3.health import HealthBook
+from router._s3.lean import LeanS3, bucket_url
 from router.config import RouterSettings
 from router.regions import RegionMap
 from router.types import AwsRegion
@@ -33,6 +41,8 @@ class RegionClients:
     def __init__(self, region_map: RegionMap, settings: RouterSettings) -> None:
         self._map = region_map
         self._transport = Transport.from_settings(settings)
+        self._lean_wanted = settings.transport == "lean"
+        self._lean: dict[AwsRegion, LeanS3] = {}
         self._retry = RetryPolicy(settings.retry_max_attempts, settings.retry_deadline_s)
         self._stack = AsyncExitStack()
         self._s3: dict[AwsRegion, S3Client] = {}
@@ -61,10 +71,35 @@ class RegionClients:
                 # Making a client is a few ms of CPU and never yields: let others run
                 # between regions instead of holding the loop for all of them.
                 await asyncio.sleep(0)
+            if self._lean_wanted:
+                await self._open_lean(session)
         except BaseException:
             await self._stack.aclose()
             raise
         return self
+
+    async def _open_lean(self, session: Any) -> None:
+        """Make the lean transport of every region: one aiohttp session, one resolved URL."""
+        credentials = await session.get_credentials()  # resolved once already: cached
+        ca_bundle = await asyncio.to_thread(session.get_config_variable, "ca_bundle")
+        for cfg in self._map:
+            client = self._s3[cfg.aws_region]
+            http = await open_lean_http(self._transport, ca_bundle)
+            self._stack.push_async_callback(http.aclose)
+            self._lean[cfg.aws_region] = LeanS3(
+                client,
+                http,
+                credentials,
+                aws_region=cfg.aws_region,
+                bucket=cfg.bucket,
+                base_url=await bucket_url(client, cfg.bucket),
+                guard=redirect_guard("s3", cfg.aws_region, cfg.bucket),
+            )
+
+    @property
+    def transport(self) -> str:
+        """``lean`` or ``botocore``: what :meth:`hot` hands out."""
+        return "lean" if self._lean_wanted else "botocore"
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
@@ -84,12 +119,15 @@ class RegionClients:
             await asyncio.wait(list(self._cleanups), timeout=self._retry.deadline_s)
         self._s3.clear()
         self._kms.clear()
+        self._lean.clear()
         await self._stack.aclose()
 
     def register(self, event_name: str, handler: Callable[..., Any]) -> None:
         """Register a botocore event handler on every S3 client (tests, tracing)."""
         for client in self._s3.values():
             client.meta.events.register(event_name, handler)
+        for lean in self._lean.values():
+            lean.register(event_name, handler)
 
     def s3(self, aws_region: AwsRegion) -> S3Client:
         """Return the region's S3 client once the health book admits the region.
@@ -102,6 +140,21 @@ class RegionClients:
             raise RuntimeError("the router is closed or has no client for this region")
         self.health.admit(aws_region)
         return client
+
+    def hot(self, aws_region: AwsRegion) -> S3Client:
+        """Return what sends the region's single-request puts, gets and heads.
+
+        The lean transport, or the S3 client, once the health book admits the region. Both
+        take the client's arguments and return its answers (see :mod:`router._s3.lean`).
+
+        Raises:
+            ResidencyViolationError, StorageError, RegionUnavailableError: quarantined.
+        """
+        lean = self._lean.get(aws_region)
+        if lean is None:
+            return self.s3(aws_region)
+        self.health.admit(aws_region)
+        return lean  # type: ignore[return-value]
 
     def s3_unchecked(self, aws_region: AwsRegion) -> S3Client:
         """Return the region's S3 client even while quarantined (verification only)."""

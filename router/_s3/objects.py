@@ -146,7 +146,7 @@ class ObjectStore:
             StorageError: S3 or KMS refused the write.
             RegionUnavailableError: the region failed after retries; nothing kept.
         """
-        client = self._clients.s3(place.aws_region)
+        client = self._clients.hot(place.aws_region)
         extra: dict[str, Any] = {"Tagging": tagging}
         if content_type:
             extra["ContentType"] = content_type
@@ -178,7 +178,8 @@ class ObjectStore:
             concurrency=self._settings.multipart_concurrency,
         )
         create = {"ChecksumAlgorithm": "SHA256", **self._encryption(place), **extra}
-        completed = await upload.run(client, chunks, create, before_commit)
+        multipart = self._clients.s3(place.aws_region)
+        completed = await upload.run(multipart, chunks, create, before_commit)
         version = completed.get("VersionId")
         await confirm_encryption(self._clients, place, key, completed)
         return PutResult(version, chunks.sha256())
@@ -221,7 +222,7 @@ class ObjectStore:
             RegionUnavailableError: the region failed after retries.
         """
         if byte_range is None:
-            client = self._clients.s3(place.aws_region)
+            client = self._clients.hot(place.aws_region)
             return self._clients.run(
                 place.aws_region,
                 f"reading from bucket {place.bucket}",
@@ -241,7 +242,7 @@ class ObjectStore:
         Raises:
             As :meth:`get`.
         """
-        client = self._clients.s3(place.aws_region)
+        client = self._clients.hot(place.aws_region)
         with _range_refusal():
             return await self._clients.run(
                 place.aws_region,
@@ -304,7 +305,7 @@ class ObjectStore:
             StorageError: S3 refused.
             RegionUnavailableError: the region failed (before or during the transfer).
         """
-        client = self._clients.s3(place.aws_region)
+        client = self._clients.hot(place.aws_region)
         args = self._get_args(place, key, byte_range)
         with _range_refusal():
             response = await self._clients.run(
@@ -341,7 +342,7 @@ class ObjectStore:
             StorageError: S3 refused.
             RegionUnavailableError: the region failed after retries.
         """
-        client = self._clients.s3(place.aws_region)
+        client = self._clients.hot(place.aws_region)
         owner = self._clients.owner[place.aws_region]
         response = await self._clients.run(
             place.aws_region,

@@ -1,0 +1,434 @@
+"""The lean transport: PutObject, GetObject and HeadObject without botocore's per-request machinery.
+
+aiobotocore spends about a millisecond of CPU on each small request in event hooks, endpoint
+rule resolution, parameter validation and user-agent assembly. The hot operations here skip
+that and keep everything that makes a request right, from the well-kept parts themselves:
+
+* botocore's model says which header carries each parameter (read once at start-up);
+* botocore's ``S3SigV4Auth`` signs, with the client's own config deciding the payload hash,
+  and the credentials are the session's, refreshed as botocore refreshes them;
+* the bucket's URL is botocore's endpoint resolution, done once per bucket at start-up;
+* the aiohttp session comes from :func:`router._aws.open_lean_http` (redirects off, TLS 1.2+,
+  no environment proxies, no silent re-sends) and aiohttp failures become the botocore
+  exceptions aiobotocore raises for them;
+* error answers go through botocore's own parser and the client's exception classes, and every
+  answer through the same redirect guard as the clients', so retries and translation do not
+  change; a body is wrapped in aiobotocore's streaming body, with its checksum check.
+
+A :class:`LeanS3` answers ``put_object``, ``get_object`` and ``head_object`` with the
+arguments and the response dictionaries of an aiobotocore client, so callers do not know
+which of the two they hold. Everything else (multipart, listings, deletes, tags, KMS) stays
+on aiobotocore.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import aiohttp
+from aiobotocore.httpchecksum import handle_checksum_body
+from aiobotocore.response import StreamingBody
+from botocore import UNSIGNED
+from botocore import auth as botocore_auth
+from botocore.auth import SIGNED_HEADERS_BLACKLIST, S3SigV4Auth
+from botocore.awsrequest import AWSPreparedRequest
+from botocore.exceptions import (
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+    ProxyConnectionError,
+    ReadTimeoutError,
+    SSLError,
+)
+from botocore.httpchecksum import resolve_response_checksum_algorithms
+from botocore.parsers import create_parser
+from botocore.utils import parse_timestamp, percent_encode
+from multidict import CIMultiDict
+from yarl import URL
+
+from router._aws import LeanHttp
+from router.errors import ConfigError, ResidencyViolationError
+
+if TYPE_CHECKING:
+    from botocore.model import OperationModel, Shape
+
+HOT_OPERATIONS = ("PutObject", "GetObject", "HeadObject")
+PROBE_KEY = "residency-router-endpoint-probe"
+
+
+class _Status(NamedTuple):
+    """What the redirect guard reads of an HTTP answer (botocore's ``status_code``)."""
+
+    status_code: int
+
+
+def _header_value(shape: Shape, value: Any) -> str:
+    """A parameter as botocore serializes it into a header (the types S3 objects use)."""
+    if shape.type_name == "boolean":
+        return "true" if value else "false"
+    return str(value)
+
+
+# botocore's own host rule (default ports dropped); a botocore internal, checked by
+# tests/test_deps.py so that an upgrade that moves it fails there, not in production.
+_HOST_FROM_URL: Callable[[str], str] = botocore_auth._host_from_url  # type: ignore[attr-defined]
+
+
+class _HeaderMap(dict[str, str]):
+    """The headers to sign, as botocore's signer reads them (``get_all``), in a plain dict."""
+
+    def get_all(self, name: str) -> list[str]:
+        return [self[name]]
+
+
+class _Signer(S3SigV4Auth):
+    """botocore's S3 SigV4 signer, unchanged but for the container of the headers to sign.
+
+    botocore keeps them in ``HTTPHeaders`` (an ``email.message.Message``), which costs about
+    a third of a small request's CPU; the selection is botocore's own (every header but the
+    blacklisted, names lowercased, ``host`` from the URL when absent). The lean requests
+    carry each header once, so ``get_all`` has one value. ``tests/test_lean.py`` compares
+    the canonical request and signature with botocore's for the same inputs.
+    """
+
+    def headers_to_sign(self, request: Any) -> Any:
+        header_map = _HeaderMap()
+        for name, value in request.headers.items():
+            lname = name.lower()
+            if lname not in SIGNED_HEADERS_BLACKLIST:
+                header_map[lname] = value
+        if "host" not in header_map:
+            header_map["host"] = _HOST_FROM_URL(request.url)
+        return header_map
+
+
+class _SigningRequest:
+    """What botocore's signer reads and writes of a request (``AWSRequest``'s attributes)."""
+
+    __slots__ = ("body", "context", "headers", "method", "params", "url")
+
+    def __init__(
+        self, method: str, url: str, headers: CIMultiDict[str], body: bytes | None
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.params: dict[str, str] = {}
+        self.context: dict[str, Any] = {}
+
+
+class _Operation:
+    """One operation's model, read once: where each parameter goes, what each header means."""
+
+    __slots__ = (
+        "checksum_context",
+        "headers_in",
+        "headers_out",
+        "meta_in",
+        "meta_out",
+        "model",
+        "output_shape",
+    )
+
+    def __init__(self, model: OperationModel) -> None:
+        self.model = model
+        self.headers_in: dict[str, tuple[str, Shape]] = {}
+        self.meta_in = ""
+        assert model.input_shape is not None
+        for name, member in model.input_shape.members.items():
+            location = member.serialization.get("location")
+            if location == "header":
+                self.headers_in[name] = (member.serialization["name"], member)
+            elif location == "headers":
+                self.meta_in = member.serialization.get("name", "")
+        self.headers_out: dict[str, tuple[str, Callable[[str], Any]]] = {}
+        self.meta_out = ""
+        assert model.output_shape is not None
+        self.output_shape: Shape = model.output_shape
+        for name, member in model.output_shape.members.items():
+            location = member.serialization.get("location")
+            if location == "header" and name != "Expires":  # botocore keeps it a string
+                self.headers_out[member.serialization["name"].lower()] = (
+                    name,
+                    _parser_of(member.type_name),
+                )
+            elif location == "headers":
+                self.meta_out = member.serialization.get("name", "").lower()
+        # The response checksums botocore validates when ChecksumMode is ENABLED.
+        request: dict[str, Any] = {"context": {}}
+        if model.http_checksum.get("requestValidationModeMember"):
+            resolve_response_checksum_algorithms(
+                request, model, {model.http_checksum["requestValidationModeMember"]: "ENABLED"}
+            )
+        self.checksum_context: dict[str, Any] = request["context"]
+
+
+def _parser_of(type_name: str) -> Callable[[str], Any]:
+    if type_name in ("integer", "long"):
+        return int
+    if type_name == "boolean":
+        return lambda value: value == "true"
+    if type_name == "timestamp":
+        return parse_timestamp
+    return str
+
+
+class LeanS3:
+    """Signed PutObject, GetObject and HeadObject on one bucket in one AWS region.
+
+    Takes the keyword arguments of aiobotocore's ``put_object``, ``get_object`` and
+    ``head_object`` (those the router uses: headers, not query parameters) and returns their
+    response dictionaries; raises what the client would raise.
+    """
+
+    __slots__ = (
+        "_base_url",
+        "_bucket",
+        "_client",
+        "_config",
+        "_credentials",
+        "_guard",
+        "_handlers",
+        "_http",
+        "_operations",
+        "_parser",
+        "_region",
+    )
+
+    def __init__(
+        self,
+        client: Any,
+        http: LeanHttp,
+        credentials: Any,
+        *,
+        aws_region: str,
+        bucket: str,
+        base_url: str,
+        guard: Callable[..., None],
+    ) -> None:
+        self._client = client
+        self._http = http
+        self._credentials = credentials
+        self._region = aws_region
+        self._bucket = bucket
+        self._base_url = base_url
+        self._guard = guard
+        self._config = client.meta.config
+        model = client.meta.service_model
+        self._operations = {
+            name: _Operation(model.operation_model(name)) for name in HOT_OPERATIONS
+        }
+        self._parser = create_parser(model.metadata["protocol"])
+        self._handlers: list[tuple[str, Callable[..., Any]]] = []
+
+    def register(self, event_name: str, handler: Callable[..., Any]) -> None:
+        """Call ``handler(request=...)`` before each matching request.
+
+        As botocore's ``before-send`` event does, for observers only: what a handler returns
+        is ignored.
+        """
+        if event_name.split(".")[0] == "before-send":
+            self._handlers.append((event_name, handler))
+
+    # -- the three operations -------------------------------------------------------------
+
+    async def put_object(self, *, Bucket: str, Key: str, Body: bytes, **params: Any) -> Any:  # noqa: N803
+        operation = self._operations["PutObject"]
+        headers = self._headers(operation, Bucket, params)
+        async with await self._send(operation, "PUT", Key, headers, Body) as response:
+            return self._answer(operation, response, await _read(response))
+
+    async def head_object(self, *, Bucket: str, Key: str, **params: Any) -> Any:  # noqa: N803
+        operation = self._operations["HeadObject"]
+        headers = self._headers(operation, Bucket, params)
+        async with await self._send(operation, "HEAD", Key, headers, None) as response:
+            return self._answer(operation, response, b"")
+
+    async def get_object(self, *, Bucket: str, Key: str, **params: Any) -> Any:  # noqa: N803
+        operation = self._operations["GetObject"]
+        headers = self._headers(operation, Bucket, params)
+        response = await self._send(operation, "GET", Key, headers, None)
+        try:
+            if response.status >= 300:
+                return self._answer(operation, response, await _read(response))
+            parsed = self._answer(operation, response, None)
+            raw: Any = response  # aiobotocore's bodies wrap the aiohttp response itself
+            answer = {"headers": parsed["ResponseMetadata"]["HTTPHeaders"], "context": {}}
+            answer["body"] = StreamingBody(raw, answer["headers"].get("content-length"))
+            if params.get("ChecksumMode") == "ENABLED":
+                http_response: Any = _Raw(response)
+                await handle_checksum_body(
+                    http_response, answer, operation.checksum_context, operation.model
+                )
+            parsed["Body"] = answer["body"]
+            return parsed
+        except BaseException:
+            response.close()
+            raise
+
+    # -- one request ----------------------------------------------------------------------
+
+    def _headers(
+        self, operation: _Operation, bucket: str, params: Mapping[str, Any]
+    ) -> CIMultiDict[str]:
+        if bucket != self._bucket:
+            raise ConfigError([f"the lean transport of {self._region} serves one bucket only"])
+        headers: CIMultiDict[str] = CIMultiDict()
+        known = operation.headers_in
+        for name, value in params.items():
+            if name == "Metadata":
+                for meta_key, meta_value in value.items():
+                    headers[f"{operation.meta_in}{meta_key}"] = meta_value
+                continue
+            where = known.get(name)
+            if where is None:
+                raise TypeError(f"the lean transport does not send {name}")
+            headers[where[0]] = _header_value(where[1], value)
+        return headers
+
+    async def _send(
+        self,
+        operation: _Operation,
+        method: str,
+        key: str,
+        headers: CIMultiDict[str],
+        body: bytes | None,
+    ) -> aiohttp.ClientResponse:
+        url = self._base_url + percent_encode(key, safe="/~")
+        credentials = self._credentials
+        if credentials is None:
+            raise NoCredentialsError()
+        frozen = await credentials.get_frozen_credentials()
+        request: Any = _SigningRequest(method, url, headers, body)
+        request.context["client_config"] = self._config
+        request.context["has_streaming_input"] = body is not None
+        _Signer(frozen, "s3", self._region).add_auth(request)
+        signed = request.headers
+        if self._handlers:
+            self._emit(operation, method, url, signed, body)
+        signed["User-Agent"] = self._http.user_agent
+        signed["Accept-Encoding"] = "identity"
+        try:
+            response: aiohttp.ClientResponse = await self._http.request(
+                method, URL(url, encoded=True), headers=signed, data=body
+            )
+            return response
+        except aiohttp.ClientSSLError as exc:
+            raise SSLError(endpoint_url=url, error=exc) from None
+        except (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError) as exc:
+            raise ProxyConnectionError(proxy_url="(the configured proxy)", error=exc) from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+            raise ConnectionClosedError(endpoint_url=url, error=exc) from None
+        except aiohttp.ServerTimeoutError as exc:
+            if str(exc).lower().startswith("connect"):
+                raise ConnectTimeoutError(endpoint_url=url, error=exc) from None
+            raise ReadTimeoutError(endpoint_url=url, error=exc) from None
+        except (aiohttp.ClientConnectionError, socket.gaierror) as exc:
+            raise EndpointConnectionError(endpoint_url=url, error=exc) from None
+        except TimeoutError as exc:
+            raise ReadTimeoutError(endpoint_url=url, error=exc) from None
+        except aiohttp.ClientError as exc:
+            raise HTTPClientError(error=exc) from None
+
+    def _emit(
+        self, operation: _Operation, method: str, url: str, headers: Any, body: bytes | None
+    ) -> None:
+        name = operation.model.name
+        prepared = AWSPreparedRequest(method, url, headers, body, name == "GetObject")
+        event = f"before-send.s3.{name}"
+        for pattern, handler in tuple(self._handlers):
+            if event == pattern or event.startswith(pattern + "."):
+                handler(request=prepared, event_name=event)
+
+    def _answer(
+        self, operation: _Operation, response: aiohttp.ClientResponse, body: bytes | None
+    ) -> dict[str, Any]:
+        """Parse an answer as the client would, guard it, and raise what the client raises."""
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in response.raw_headers
+        }
+        status = response.status
+        if status >= 300:
+            parsed = self._parser.parse(
+                {"headers": headers, "status_code": status, "body": body or b""},
+                operation.output_shape,
+            )
+            self._guard(response=(_Status(status), parsed), operation=operation.model)
+            code = parsed.get("Error", {}).get("Code")
+            raise self._client.exceptions.from_code(code)(parsed, operation.model.name)
+        parsed = {
+            "ResponseMetadata": {
+                "RequestId": headers.get("x-amz-request-id", ""),
+                "HostId": headers.get("x-amz-id-2", ""),
+                "HTTPStatusCode": status,
+                "HTTPHeaders": headers,
+                "RetryAttempts": 0,
+            }
+        }
+        self._guard(response=(_Status(status), parsed), operation=operation.model)
+        fields = operation.headers_out
+        meta_prefix = operation.meta_out
+        metadata: dict[str, str] = {}
+        for name, value in headers.items():
+            field = fields.get(name)
+            if field is not None:
+                parsed[field[0]] = field[1](value)
+            elif meta_prefix and name.startswith(meta_prefix):
+                metadata[name[len(meta_prefix) :]] = value
+        if metadata or meta_prefix:
+            parsed["Metadata"] = metadata
+        return parsed
+
+
+async def _read(response: aiohttp.ClientResponse) -> bytes:
+    """A short answer's body; a connection that breaks off is what aiobotocore says it is."""
+    try:
+        return await response.read()
+    except aiohttp.ClientPayloadError as exc:
+        raise ConnectionClosedError(endpoint_url=str(response.url), error=exc) from None
+    except aiohttp.ClientConnectionError as exc:
+        raise ConnectionClosedError(endpoint_url=str(response.url), error=exc) from None
+
+
+class _Raw:
+    """What aiobotocore's checksum check reads of an answer: the aiohttp response."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: aiohttp.ClientResponse) -> None:
+        self.raw = raw
+
+
+async def bucket_url(client: Any, bucket: str) -> str:
+    """The URL prefix of ``bucket``'s objects, as botocore's endpoint resolution makes it.
+
+    Resolved once per bucket: an unsigned presigned URL of a probe key, minus the key.
+
+    Raises:
+        ResidencyViolationError: botocore resolved a URL that does not end with the key.
+    """
+    event = "choose-signer.s3.GetObject"
+    unique_id = f"residency-lean-probe-{id(client)}"
+
+    def unsigned(**_: Any) -> Any:
+        return UNSIGNED
+
+    client.meta.events.register(event, unsigned, unique_id=unique_id)
+    try:
+        url = await client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": PROBE_KEY}
+        )
+    finally:
+        client.meta.events.unregister(event, unique_id=unique_id)
+    base, _, query = str(url).partition("?")
+    if query or not base.endswith("/" + PROBE_KEY):
+        raise ResidencyViolationError(
+            f"could not resolve the endpoint of bucket {bucket}; nothing was sent"
+        )
+    return base[: -len(PROBE_KEY)]
