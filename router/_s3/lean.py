@@ -91,25 +91,36 @@ class _Signer(S3SigV4Auth):
     botocore keeps them in ``HTTPHeaders`` (an ``email.message.Message``), which costs about
     a third of a small request's CPU; the selection is botocore's own (every header but the
     blacklisted, names lowercased, ``host`` from the URL when absent). The lean requests
-    carry each header once, so ``get_all`` has one value. ``tests/test_lean.py`` compares
-    the canonical request and signature with botocore's for the same inputs.
+    carry each header once, so ``get_all`` has one value; every URL of one bucket has the
+    same host, worked out once by botocore's rule (:func:`_HOST_FROM_URL`); the signer asks
+    for the map twice while the headers stay as they are, so it is made once per request.
+    ``tests/test_lean.py`` compares the canonical request and signature with botocore's for
+    the same inputs.
     """
 
+    def __init__(self, credentials: Any, aws_region: str, host: str) -> None:
+        super().__init__(credentials, "s3", aws_region)
+        self._host = host
+
     def headers_to_sign(self, request: Any) -> Any:
+        header_map: _HeaderMap | None = request.header_map
+        if header_map is not None:
+            return header_map
         header_map = _HeaderMap()
         for name, value in request.headers.items():
             lname = name.lower()
             if lname not in SIGNED_HEADERS_BLACKLIST:
                 header_map[lname] = value
         if "host" not in header_map:
-            header_map["host"] = _HOST_FROM_URL(request.url)
+            header_map["host"] = self._host
+        request.header_map = header_map
         return header_map
 
 
 class _SigningRequest:
     """What botocore's signer reads and writes of a request (``AWSRequest``'s attributes)."""
 
-    __slots__ = ("body", "context", "headers", "method", "params", "url")
+    __slots__ = ("body", "context", "header_map", "headers", "method", "params", "url")
 
     def __init__(
         self, method: str, url: str, headers: CIMultiDict[str], body: bytes | None
@@ -120,6 +131,7 @@ class _SigningRequest:
         self.body = body
         self.params: dict[str, str] = {}
         self.context: dict[str, Any] = {}
+        self.header_map: _HeaderMap | None = None
 
 
 class _Operation:
@@ -194,6 +206,7 @@ class LeanS3:
         "_credentials",
         "_guard",
         "_handlers",
+        "_host",
         "_http",
         "_operations",
         "_parser",
@@ -217,6 +230,7 @@ class LeanS3:
         self._region = aws_region
         self._bucket = bucket
         self._base_url = base_url
+        self._host: str = _HOST_FROM_URL(base_url)
         self._guard = guard
         self._config = client.meta.config
         model = client.meta.service_model
@@ -307,7 +321,7 @@ class LeanS3:
         request: Any = _SigningRequest(method, url, headers, body)
         request.context["client_config"] = self._config
         request.context["has_streaming_input"] = body is not None
-        _Signer(frozen, "s3", self._region).add_auth(request)
+        _Signer(frozen, self._region, self._host).add_auth(request)
         signed = request.headers
         if self._handlers:
             self._emit(operation, method, url, signed, body)
