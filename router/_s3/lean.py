@@ -94,13 +94,35 @@ class _Signer(S3SigV4Auth):
     carry each header once, so ``get_all`` has one value; every URL of one bucket has the
     same host, worked out once by botocore's rule (:func:`_HOST_FROM_URL`); the signer asks
     for the map twice while the headers stay as they are, so it is made once per request.
+    The signing key (four HMACs of the secret, the day, the region and the service, by
+    botocore's own steps) is kept per secret and day, as the other AWS SDKs keep it; only
+    the last HMAC, of the string to sign, is made per request.
     ``tests/test_lean.py`` compares the canonical request and signature with botocore's for
     the same inputs.
     """
 
-    def __init__(self, credentials: Any, aws_region: str, host: str) -> None:
+    def __init__(
+        self, credentials: Any, aws_region: str, host: str, keys: dict[tuple[str, str], bytes]
+    ) -> None:
         super().__init__(credentials, "s3", aws_region)
         self._host = host
+        self._keys = keys
+
+    def signature(self, string_to_sign: str, request: Any) -> str:
+        day: str = request.context["timestamp"][0:8]
+        signer: Any = self  # botocore's attributes, not all in its type stubs
+        secret: str = signer.credentials.secret_key
+        sign = signer._sign
+        k_signing = self._keys.get((secret, day))
+        if k_signing is None:
+            k_date = sign(f"AWS4{secret}".encode(), day)
+            k_region = sign(k_date, signer._region_name)
+            k_service = sign(k_region, signer._service_name)
+            k_signing = sign(k_service, "aws4_request")
+            self._keys.clear()  # one secret and day at a time: rotated secrets do not pile up
+            self._keys[(secret, day)] = k_signing
+        signature: str = sign(k_signing, string_to_sign, hex=True)
+        return signature
 
     def headers_to_sign(self, request: Any) -> Any:
         header_map: _HeaderMap | None = request.header_map
@@ -208,6 +230,7 @@ class LeanS3:
         "_handlers",
         "_host",
         "_http",
+        "_keys",
         "_operations",
         "_parser",
         "_region",
@@ -231,6 +254,7 @@ class LeanS3:
         self._bucket = bucket
         self._base_url = base_url
         self._host: str = _HOST_FROM_URL(base_url)
+        self._keys: dict[tuple[str, str], bytes] = {}
         self._guard = guard
         self._config = client.meta.config
         model = client.meta.service_model
@@ -321,7 +345,7 @@ class LeanS3:
         request: Any = _SigningRequest(method, url, headers, body)
         request.context["client_config"] = self._config
         request.context["has_streaming_input"] = body is not None
-        _Signer(frozen, self._region, self._host).add_auth(request)
+        _Signer(frozen, self._region, self._host, self._keys).add_auth(request)
         signed = request.headers
         if self._handlers:
             self._emit(operation, method, url, signed, body)
