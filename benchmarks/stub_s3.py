@@ -2,8 +2,9 @@
 
 It speaks just enough S3 for the router's put, get and multipart upload paths, keeps no
 data (uploads are discarded, reads return a fixed body) and reports every object as
-SSE-KMS under ``arn:aws:kms:<request's region>:123456789012:key/bench``. It prints its
-port on stdout and runs until stdin closes.
+SSE-KMS under ``arn:aws:kms:<request's region>:123456789012:key/bench``. Reads carry the
+``Last-Modified`` header S3 always sends (clients parse it; obstore reads a missing one as
+1970). It prints its port on stdout and runs until stdin closes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import uuid
 SCOPE = re.compile(rb"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
 BODY = bytes(range(256)) * 4  # 1 KiB
 BODY_ETAG = hashlib.md5(BODY).hexdigest()
+LAST_MODIFIED = "Tue, 01 Dec 2026 00:00:00 GMT"
 
 
 def key_arn(region: str) -> str:
@@ -110,7 +112,12 @@ def answer(method: bytes, target: bytes, region: str) -> bytes:
     if method == b"GET" and query.startswith(b"location"):
         body = b'<?xml version="1.0" encoding="UTF-8"?><LocationConstraint/>'
         return respond("200 OK", {"Content-Type": "application/xml"}, body)
-    headers = {"ETag": f'"{BODY_ETAG}"', "Content-Type": "binary/octet-stream", **sse}
+    headers = {
+        "ETag": f'"{BODY_ETAG}"',
+        "Content-Type": "binary/octet-stream",
+        "Last-Modified": LAST_MODIFIED,
+        **sse,
+    }
     if method == b"HEAD":
         lines = ["HTTP/1.1 200 OK", f"Content-Length: {len(BODY)}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
