@@ -163,6 +163,7 @@ class _Operation:
 
     __slots__ = (
         "checksum_context",
+        "defaults",
         "headers_in",
         "headers_out",
         "meta_in",
@@ -171,7 +172,7 @@ class _Operation:
         "output_shape",
     )
 
-    def __init__(self, model: OperationModel) -> None:
+    def __init__(self, model: OperationModel, config: Any) -> None:
         self.model = model
         self.headers_in: dict[str, tuple[str, Shape]] = {}
         self.meta_in = ""
@@ -195,12 +196,19 @@ class _Operation:
                 )
             elif location == "headers":
                 self.meta_out = member.serialization.get("name", "").lower()
+        # What botocore adds to every call of the operation: with the default
+        # response_checksum_validation (when_supported), ChecksumMode=ENABLED on GetObject and
+        # HeadObject unless the caller says otherwise.
+        mode_member = model.http_checksum.get("requestValidationModeMember")
+        self.defaults: dict[str, str] = {}
+        if mode_member and getattr(config, "response_checksum_validation", None) == (
+            "when_supported"
+        ):
+            self.defaults[mode_member] = "ENABLED"
         # The response checksums botocore validates when ChecksumMode is ENABLED.
         request: dict[str, Any] = {"context": {}}
-        if model.http_checksum.get("requestValidationModeMember"):
-            resolve_response_checksum_algorithms(
-                request, model, {model.http_checksum["requestValidationModeMember"]: "ENABLED"}
-            )
+        if mode_member:
+            resolve_response_checksum_algorithms(request, model, {mode_member: "ENABLED"})
         self.checksum_context: dict[str, Any] = request["context"]
 
 
@@ -277,7 +285,7 @@ class LeanS3:
         self._config = client.meta.config
         model = client.meta.service_model
         self._operations = {
-            name: _Operation(model.operation_model(name)) for name in HOT_OPERATIONS
+            name: _Operation(model.operation_model(name), self._config) for name in HOT_OPERATIONS
         }
         self._parser = create_parser(model.metadata["protocol"])
         self._handlers: list[tuple[str, Callable[..., Any]]] = []
@@ -295,18 +303,24 @@ class LeanS3:
 
     async def put_object(self, *, Bucket: str, Key: str, Body: bytes, **params: Any) -> Any:  # noqa: N803
         operation = self._operations["PutObject"]
+        if "ChecksumSHA256" not in params:
+            # botocore would add a CRC32 checksum of its own (a header over http, a trailer
+            # over https); the lean path sends only puts that carry their SHA-256.
+            raise TypeError("the lean transport sends PutObject with ChecksumSHA256 only")
         headers = self._headers(operation, Bucket, params)
         async with await self._send(operation, "PUT", Key, headers, Body) as response:
             return self._answer(operation, response, await _read(response))
 
     async def head_object(self, *, Bucket: str, Key: str, **params: Any) -> Any:  # noqa: N803
         operation = self._operations["HeadObject"]
+        params = {**operation.defaults, **params}
         headers = self._headers(operation, Bucket, params)
         async with await self._send(operation, "HEAD", Key, headers, None) as response:
             return self._answer(operation, response, b"")
 
     async def get_object(self, *, Bucket: str, Key: str, **params: Any) -> Any:  # noqa: N803
         operation = self._operations["GetObject"]
+        params = {**operation.defaults, **params}
         headers = self._headers(operation, Bucket, params)
         response = await self._send(operation, "GET", Key, headers, None)
         try:
