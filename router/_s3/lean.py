@@ -418,41 +418,48 @@ class LeanS3:
     def _answer(
         self, operation: _Operation, response: aiohttp.ClientResponse, body: bytes | None
     ) -> dict[str, Any]:
-        """Parse an answer as the client would, guard it, and raise what the client raises."""
-        headers = {  # as aiobotocore reads them
-            name.decode("utf-8").lower(): value.decode("utf-8")
-            for name, value in response.raw_headers
-        }
+        """Parse an answer as the client would, guard it, and raise what the client raises.
+
+        A success is read from aiohttp's parsed headers (case-insensitive), one lookup per
+        header the model names; ``HTTPHeaders`` is that mapping. An error is parsed by
+        botocore, from the headers as aiobotocore hands them over (a dict, lowercased).
+        """
         status = response.status
         if status >= 300:
-            parsed = self._parser.parse(
+            headers = {
+                name.decode("utf-8").lower(): value.decode("utf-8")
+                for name, value in response.raw_headers
+            }
+            error: dict[str, Any] = self._parser.parse(
                 {"headers": headers, "status_code": status, "body": body or b""},
                 operation.output_shape,
             )
-            self._guard(response=(_Status(status), parsed), operation=operation.model)
-            code = parsed.get("Error", {}).get("Code")
-            raise self._client.exceptions.from_code(code)(parsed, operation.model.name)
-        parsed = {
+            self._guard(response=(_Status(status), error), operation=operation.model)
+            code = error.get("Error", {}).get("Code")
+            raise self._client.exceptions.from_code(code)(error, operation.model.name)
+        found = response.headers
+        parsed: dict[str, Any] = {
             "ResponseMetadata": {
-                "RequestId": headers.get("x-amz-request-id", ""),
-                "HostId": headers.get("x-amz-id-2", ""),
+                "RequestId": found.get("x-amz-request-id", ""),
+                "HostId": found.get("x-amz-id-2", ""),
                 "HTTPStatusCode": status,
-                "HTTPHeaders": headers,
+                "HTTPHeaders": found,
                 "RetryAttempts": 0,
             }
         }
         self._guard(response=(_Status(status), parsed), operation=operation.model)
-        fields = operation.headers_out
+        for name, (field, convert) in operation.headers_out.items():
+            value = found.get(name)
+            if value is not None:
+                parsed[field] = convert(value)
         meta_prefix = operation.meta_out
-        metadata: dict[str, str] = {}
-        for name, value in headers.items():
-            field = fields.get(name)
-            if field is not None:
-                parsed[field[0]] = field[1](value)
-            elif meta_prefix and name.startswith(meta_prefix):
-                metadata[name[len(meta_prefix) :]] = value
-        if metadata or meta_prefix:
-            parsed["Metadata"] = metadata
+        if meta_prefix:
+            cut = len(meta_prefix)
+            parsed["Metadata"] = {
+                name.lower()[cut:]: value
+                for name, value in found.items()
+                if name.lower().startswith(meta_prefix)
+            }
         return parsed
 
 
