@@ -271,7 +271,10 @@ class ObjectStore:
             ChecksumMode="ENABLED",
             **self._clients.owner[place.aws_region],
         )
-        async with response["Body"] as body:
+        body = response["Body"]
+        # Not ``as body``: aiobotocore 2.x's body hands its raw aiohttp response to ``as``,
+        # whose read skips the checksum and length checks.
+        async with body:
             problem = encryption_problem(response, place.kms_key_arn)
             if problem is not None:
                 raise ResidencyViolationError(f"object in bucket {place.bucket} {problem}")
@@ -282,7 +285,10 @@ class ObjectStore:
         self, client: S3Client, place: Placement, key: str, byte_range: str | None
     ) -> tuple[bytes, StoredObject]:
         response = await client.get_object(**self._get_args(place, key, byte_range))
-        async with response["Body"] as body:
+        body = response["Body"]
+        # Not ``as body``: aiobotocore 2.x's body hands its raw aiohttp response to ``as``,
+        # whose read skips the checksum and length checks.
+        async with body:
             problem = encryption_problem(response, place.kms_key_arn)
             if problem is not None:
                 raise ResidencyViolationError(f"object in bucket {place.bucket} {problem}")
