@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,14 @@ ORG_BY_REGION = {
     Region.IN: "org-lotus",
 }
 REGIONS_FILE = ROOT / "regions.yaml"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    # .ci/run runs the suite once per transport; the header says which run this is, and
+    # tests/test_lean.py checks that the fixtures' router really uses it.
+    chosen = os.environ.get("RESIDENCY_TRANSPORT")
+    source = "RESIDENCY_TRANSPORT" if chosen else "default"
+    return f"residency transport: {chosen or 'lean'} ({source})"
 
 
 class RequestLog:

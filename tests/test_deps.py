@@ -6,6 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,3 +86,73 @@ def test_testing_extra_installs_moto_without_server_or_cloudformation_extras() -
 def test_the_plugin_does_not_use_cloudformation() -> None:
     source = (ROOT / "router" / "testing.py").read_text(encoding="utf-8").lower()
     assert "cloudformation" not in source
+
+
+# -- internals the lean transport (router/_s3/lean.py, router/_aws.py) relies on ------------
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        pytest.param("https://b.s3.eu-west-1.amazonaws.com/k", "b.s3.eu-west-1.amazonaws.com"),
+        pytest.param("https://b.s3.eu-west-1.amazonaws.com:443/k", "b.s3.eu-west-1.amazonaws.com"),
+        pytest.param("http://127.0.0.1:80/b/k", "127.0.0.1", id="http-default-port"),
+        pytest.param("http://127.0.0.1:9000/b/k", "127.0.0.1:9000", id="http-other-port"),
+        pytest.param("https://127.0.0.1:80/b/k", "127.0.0.1:80", id="https-port-80"),
+        pytest.param("http://LOCALHOST:9000/b", "localhost:9000", id="lowercased"),
+        pytest.param("http://[::1]:9000/b/k", "[::1]:9000", id="ipv6"),
+    ],
+)
+def test_botocores_host_rule_still_exists_and_drops_default_ports(url: str, host: str) -> None:
+    # The lean signer takes the signed host from this botocore internal, as botocore's own
+    # signer does when a request has no Host header: if an upgrade moves or changes it,
+    # this fails here rather than every lean request being refused by S3.
+    from botocore import auth as botocore_auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from router._s3 import lean
+
+    assert lean._HOST_FROM_URL is botocore_auth._host_from_url  # type: ignore[attr-defined]
+    assert botocore_auth._host_from_url(url) == host  # type: ignore[attr-defined]
+    signer = botocore_auth.S3SigV4Auth(Credentials("a", "b"), "s3", "eu-west-1")
+    assert signer.headers_to_sign(AWSRequest("GET", url))["host"] == host
+
+
+async def test_lean_session_turns_off_aiohttps_silent_resend_and_aiohttp_consults_it() -> None:
+    # aiohttp re-sends an idempotent request once when the server hangs up, unless the
+    # private ClientSession._retry_connection is False (no public option exists). The lean
+    # session sets it so the retry budget counts the requests actually sent; this fails if
+    # the switch is renamed or no longer read.
+    import asyncio
+
+    import aiohttp
+    from yarl import URL
+
+    from router._aws import Transport, open_lean_http
+
+    arrived = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal arrived
+        await reader.readuntil(b"\r\n\r\n")
+        arrived += 1
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}/bucket/key"
+    async with server:
+        http = await open_lean_http(Transport(endpoint_url=f"http://127.0.0.1:{port}"), None)
+        try:
+            assert http._session._retry_connection is False
+            with pytest.raises(aiohttp.ServerDisconnectedError):
+                await http.request("GET", URL(url), headers={}, data=None)
+        finally:
+            await http.aclose()
+        assert arrived == 1
+        arrived = 0
+        async with aiohttp.ClientSession() as default:  # the switch left on: one re-send
+            with pytest.raises(aiohttp.ServerDisconnectedError):
+                await default.get(url)
+        assert arrived == 2
