@@ -26,7 +26,6 @@ import botocore.auth
 import pytest
 import pytest_asyncio
 import yaml
-from aiobotocore.response import StreamingBody
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -89,10 +88,6 @@ OPERATIONS: dict[str, tuple[str, dict[str, Any]]] = {
             "ExpectedBucketOwner": OWNER,
         },
     ),
-    "put-no-checksum": (
-        "put_object",
-        {"Body": BODY, "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": KMS_KEY},
-    ),
     "get-range": (
         "get_object",
         {"Range": "bytes=10-99", "ExpectedBucketOwner": OWNER},
@@ -112,20 +107,9 @@ OPERATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 # Where the lean path does not (yet) build botocore's request; strict: a fix makes them fail.
-KNOWN_DIFFERENCES = {
-    "get-range": (
-        "issue 15: botocore adds x-amz-checksum-mode: ENABLED to every GetObject "
-        "(response_checksum_validation defaults to when_supported); the lean path sends only "
-        "what the caller passed, so a range read (which the router sends without "
-        "ChecksumMode) is signed without that header"
-    ),
-    "put-no-checksum": (
-        "issue 15: without ChecksumSHA256 botocore adds a CRC32 checksum (a header over "
-        "http, an aws-chunked trailer over https: request_checksum_calculation defaults "
-        "to when_supported); the lean path sends the body with no checksum. The router "
-        "always passes ChecksumSHA256, so its puts are unaffected"
-    ),
-}
+# (None today: a range read without ChecksumMode gets botocore's default ENABLED, and a put
+# without ChecksumSHA256, where botocore would add a CRC32, is refused; see below.)
+KNOWN_DIFFERENCES: dict[str, str] = {}
 
 ENDPOINTS = {
     # endpoint_url, what the object URL must start with
@@ -248,6 +232,23 @@ async def both_requests(
 
 
 # -- signed exactly as botocore signs ---------------------------------------------------
+
+
+async def test_lean_put_without_a_sha256_is_refused_before_anything_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # botocore would add a CRC32 of its own (request_checksum_calculation=when_supported):
+    # rather than send a different request, the lean path refuses a put without ChecksumSHA256.
+    params = {"Body": BODY, "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": KMS_KEY}
+    with pytest.raises(TypeError, match="ChecksumSHA256"):
+        await both_requests(
+            monkeypatch,
+            ENDPOINTS["http-loopback-path-style"][0],
+            CREDENTIALS["long-term"],
+            "put_object",
+            params,
+            KEYS[:1],
+        )
 
 
 @pytest.mark.usefixtures("frozen_clock")
@@ -451,7 +452,10 @@ async def test_signature_checking_server_accepts_put_get_head_and_stream(
 
 async def lean_call(lean: LeanS3, operation: str) -> Any:
     if operation == "put":
-        return await lean.put_object(Bucket=BUCKET, Key="orgs/org-acme/files/w.txt", Body=b"w")
+        checksum = base64.b64encode(hashlib.sha256(b"w").digest()).decode()
+        return await lean.put_object(
+            Bucket=BUCKET, Key="orgs/org-acme/files/w.txt", Body=b"w", ChecksumSHA256=checksum
+        )
     if operation == "get":
         return await lean.get_object(Bucket=BUCKET, Key="orgs/org-acme/files/kept.txt")
     return await lean.head_object(Bucket=BUCKET, Key="orgs/org-acme/files/kept.txt")
@@ -722,39 +726,10 @@ async def test_lean_cancelled_streams_release_their_connections(
     assert after["Body"].read() == b"after"
 
 
-async def _body_context_keeps_the_checks() -> bool:
-    """Whether ``async with StreamingBody(...) as body`` gives the checked body back.
-
-    aiobotocore 2.25 (the oldest supported, and aioboto3 15.5's pin) returns the wrapped
-    aiohttp response from ``__aenter__``: reading that skips the content-length and checksum
-    checks. aiobotocore 3 returns the body itself.
-    """
-
-    class Raw:
-        async def __aenter__(self) -> Raw:
-            return self
-
-        async def __aexit__(self, *exc: object) -> None:
-            return None
-
-        def close(self) -> None:
-            pass
-
-    body = StreamingBody(Raw(), None)  # type: ignore[arg-type]
-    async with body as entered:
-        return entered is body
-
-
 @pytest.mark.parametrize("transport", ["lean", "botocore"])
 async def test_get_whose_body_does_not_match_its_checksum_raises_and_returns_nothing(
     key_arn_map: Path, transport: str
 ) -> None:
-    if not await _body_context_keeps_the_checks():
-        pytest.xfail(
-            'router/_s3/objects.py reads whole objects with \'async with response["Body"] as '
-            "body': with this aiobotocore that is the raw aiohttp response, so a wrong "
-            "checksum goes unnoticed on both transports (issue 15 report)"
-        )
     eu_key = RegionMap.load(key_arn_map).region(Region.EU).kms_key
     served = b"what the server sends"
     claimed = base64.b64encode(hashlib.sha256(b"what was stored").digest()).decode()
