@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import hashlib
 import json
@@ -178,6 +179,24 @@ def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(botocore.auth, "get_current_datetime", now)
 
 
+@contextlib.asynccontextmanager
+async def lean_beside(client: Any, session: Any, transport: Transport) -> AsyncIterator[LeanS3]:
+    """The lean transport of the EU bucket, made as the router makes it, beside ``client``."""
+    http = await open_lean_http(transport, None)
+    try:
+        yield LeanS3(
+            client,
+            http,
+            await session.get_credentials(),
+            aws_region=EU,
+            bucket=BUCKET,
+            base_url=await bucket_url(client, BUCKET),
+            guard=redirect_guard("s3", EU, BUCKET),
+        )
+    finally:
+        await http.aclose()
+
+
 async def both_requests(
     monkeypatch: pytest.MonkeyPatch,
     endpoint_url: str | None,
@@ -208,25 +227,13 @@ async def both_requests(
     async with open_aio_client(session, "s3", EU, transport, bucket=BUCKET) as client:
         # Last in line: the router's own before-send handlers have run (as on the wire).
         client.meta.events.register("before-send.s3", botocore_wire)
-        http = await open_lean_http(transport, None)
-        try:
-            lean = LeanS3(
-                client,
-                http,
-                await session.get_credentials(),
-                aws_region=EU,
-                bucket=BUCKET,
-                base_url=await bucket_url(client, BUCKET),
-                guard=redirect_guard("s3", EU, BUCKET),
-            )
+        async with lean_beside(client, session, transport) as lean:
             for key in keys:
                 with pytest.raises(NotSentError):
                     await getattr(client, method_name)(Bucket=BUCKET, Key=key, **params)
                 with pytest.raises(NotSentError):
                     await getattr(lean, method_name)(Bucket=BUCKET, Key=key, **params)
                 pairs.append((sent_botocore[-1], sent_lean[-1]))
-        finally:
-            await http.aclose()
     assert len(pairs) == len(keys)
     return pairs
 
@@ -471,22 +478,12 @@ async def test_signature_checking_server_refuses_a_lean_request_signed_with_a_wr
     session = new_aio_session()
     session.set_credentials(signing_env.access_key, "not-" + signing_env.secret_key)
     transport = Transport(endpoint_url=world.endpoint_url)
-    async with open_aio_client(session, "s3", EU, transport, bucket=BUCKET) as client:
-        http = await open_lean_http(transport, None)
-        try:
-            lean = LeanS3(
-                client,
-                http,
-                await session.get_credentials(),
-                aws_region=EU,
-                bucket=BUCKET,
-                base_url=await bucket_url(client, BUCKET),
-                guard=redirect_guard("s3", EU, BUCKET),
-            )
-            with pytest.raises(ClientError) as info:
-                await lean_call(lean, operation)
-        finally:
-            await http.aclose()
+    async with (
+        open_aio_client(session, "s3", EU, transport, bucket=BUCKET) as client,
+        lean_beside(client, session, transport) as lean,
+    ):
+        with pytest.raises(ClientError) as info:
+            await lean_call(lean, operation)
     assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     if operation != "head":  # a HEAD answer has no body to name the code in
         assert info.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
