@@ -92,6 +92,31 @@ def test_the_plugin_does_not_use_cloudformation() -> None:
 
 
 @pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        pytest.param(b"<Error><Code>InternalError</Code></Error>", 500, id="error-body"),
+        pytest.param(b"<Error><Code>Internal", 500, id="cut-short"),
+        pytest.param(b"", 200, id="empty"),
+        pytest.param(b"<PutObjectResult/>", 200, id="not-an-error"),
+    ],
+)
+def test_botocores_200_error_rule_still_exists_and_turns_errors_into_500s(
+    body: bytes, status: int
+) -> None:
+    # The lean transport asks this botocore internal (registered on before-parse.s3.*)
+    # whether a 200 answer is an error in disguise: if it moves or stops marking them, this
+    # fails here rather than a refused put being taken for a write.
+    import botocore.session
+
+    from router._s3 import lean
+
+    model = botocore.session.get_session().get_service_model("s3").operation_model("PutObject")
+    answer = {"status_code": 200, "body": body, "headers": {}}
+    lean._HANDLE_200_ERROR(model, answer)
+    assert answer["status_code"] == status
+
+
+@pytest.mark.parametrize(
     ("url", "host"),
     [
         pytest.param("https://b.s3.eu-west-1.amazonaws.com/k", "b.s3.eu-west-1.amazonaws.com"),

@@ -126,8 +126,12 @@ CREDENTIALS = {
 }
 
 
-class NotSentError(Exception):
-    """Raised where a request would go on the wire: the tests send nothing."""
+class NotSentError(BaseException):
+    """Raised where a request would go on the wire: the tests send nothing.
+
+    A BaseException, as a cancellation is: the lean transport wraps any Exception its send
+    raises in botocore's HTTPClientError, as aiobotocore does.
+    """
 
 
 @dataclass(frozen=True)
@@ -754,3 +758,27 @@ async def test_get_whose_body_does_not_match_its_checksum_raises_and_returns_not
             assert got == []
             # One request per read, on both transports: the body came and was refused.
             assert [method for method, _ in stub.requests] == ["GET"] * 2
+
+
+@pytest.mark.parametrize("transport", ["lean", "botocore"])
+async def test_put_answered_200_with_an_error_body_is_retried_not_taken_for_a_write(
+    key_arn_map: Path, transport: str
+) -> None:
+    # S3 can answer 200 and put an <Error> in the body; botocore treats that as a 500. A put
+    # so answered must be retried and, if that is all S3 says, fail: never a success.
+    error = (
+        b'<?xml version="1.0" encoding="UTF-8"?>'
+        b"<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message>"
+        b"</Error>"
+    )
+
+    def error_in_200(method: str, path: str) -> Reply:
+        return 200, {"Content-Type": "application/xml"}, error
+
+    with stub_server(error_in_200) as stub:
+        settings = unverified(key_arn_map, stub.url, transport=transport, retry_max_attempts=2)
+        async with ResidencyRouter.from_settings(settings) as router:
+            stub.requests.clear()
+            with pytest.raises(RegionUnavailableError, match="InternalError"):
+                await router.put(ORG, "a.txt", b"never stored")
+            assert [method for method, _ in stub.requests] == ["PUT"] * 2

@@ -34,6 +34,7 @@ from aiobotocore.httpchecksum import handle_checksum_body
 from aiobotocore.response import StreamingBody
 from botocore import UNSIGNED
 from botocore import auth as botocore_auth
+from botocore import handlers as botocore_handlers
 from botocore.auth import SIGNED_HEADERS_BLACKLIST, S3SigV4Auth
 from botocore.awsrequest import AWSPreparedRequest
 from botocore.exceptions import (
@@ -78,6 +79,9 @@ def _header_value(shape: Shape, value: Any) -> str:
 # botocore's own host rule (default ports dropped); a botocore internal, checked by
 # tests/test_deps.py so that an upgrade that moves it fails there, not in production.
 _HOST_FROM_URL: Callable[[str], str] = botocore_auth._host_from_url  # type: ignore[attr-defined]
+# botocore's check for an S3 error inside a 200 answer (registered on before-parse.s3.*);
+# a botocore internal too, checked by tests/test_deps.py.
+_HANDLE_200_ERROR: Callable[..., None] = botocore_handlers._handle_200_error  # type: ignore[attr-defined]
 
 
 class _HeaderMap(dict[str, str]):
@@ -309,7 +313,7 @@ class LeanS3:
             raise TypeError("the lean transport sends PutObject with ChecksumSHA256 only")
         headers = self._headers(operation, Bucket, params)
         async with await self._send(operation, "PUT", Key, headers, Body) as response:
-            return self._answer(operation, response, await _read(response))
+            return self._answer(operation, response, await _read(response, self._base_url))
 
     async def head_object(self, *, Bucket: str, Key: str, **params: Any) -> Any:  # noqa: N803
         operation = self._operations["HeadObject"]
@@ -325,7 +329,7 @@ class LeanS3:
         response = await self._send(operation, "GET", Key, headers, None)
         try:
             if response.status >= 300:
-                return self._answer(operation, response, await _read(response))
+                return self._answer(operation, response, await _read(response, self._base_url))
             parsed = self._answer(operation, response, None)
             raw: Any = response  # aiobotocore's bodies wrap the aiohttp response itself
             answer = {"headers": parsed["ResponseMetadata"]["HTTPHeaders"], "context": {}}
@@ -382,6 +386,7 @@ class LeanS3:
         if self._handlers:
             self._emit(operation, method, url, signed, body)
         signed["User-Agent"] = self._http.user_agent
+        where = self._base_url  # what errors name: the bucket's URL, never an object's key
         signed["Accept-Encoding"] = "identity"
         try:
             response: aiohttp.ClientResponse = await self._http.request(
@@ -389,20 +394,22 @@ class LeanS3:
             )
             return response
         except aiohttp.ClientSSLError as exc:
-            raise SSLError(endpoint_url=url, error=exc) from None
+            raise SSLError(endpoint_url=where, error=exc) from None
         except (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError) as exc:
             raise ProxyConnectionError(proxy_url="(the configured proxy)", error=exc) from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            raise ConnectionClosedError(endpoint_url=url, error=exc) from None
+            raise ConnectionClosedError(endpoint_url=where, error=exc) from None
         except aiohttp.ServerTimeoutError as exc:
             if str(exc).lower().startswith("connect"):
-                raise ConnectTimeoutError(endpoint_url=url, error=exc) from None
-            raise ReadTimeoutError(endpoint_url=url, error=exc) from None
+                raise ConnectTimeoutError(endpoint_url=where, error=exc) from None
+            raise ReadTimeoutError(endpoint_url=where, error=exc) from None
         except (aiohttp.ClientConnectionError, socket.gaierror) as exc:
-            raise EndpointConnectionError(endpoint_url=url, error=exc) from None
+            raise EndpointConnectionError(endpoint_url=where, error=exc) from None
         except TimeoutError as exc:
-            raise ReadTimeoutError(endpoint_url=url, error=exc) from None
+            raise ReadTimeoutError(endpoint_url=where, error=exc) from None
         except aiohttp.ClientError as exc:
+            raise HTTPClientError(error=exc) from None
+        except Exception as exc:  # as aiobotocore: whatever else sending raised
             raise HTTPClientError(error=exc) from None
 
     def _emit(
@@ -425,6 +432,12 @@ class LeanS3:
         botocore, from the headers as aiobotocore hands them over (a dict, lowercased).
         """
         status = response.status
+        if status == 200 and body:
+            # S3 can answer 200 with an <Error> body (or a body cut short): botocore turns
+            # that into a 500 before parsing, so it is retried, not taken for a success.
+            answer: dict[str, Any] = {"status_code": status, "body": body, "headers": {}}
+            _HANDLE_200_ERROR(operation.model, answer)
+            status = answer["status_code"]
         if status >= 300:
             headers = {
                 name.decode("utf-8").lower(): value.decode("utf-8")
@@ -463,14 +476,14 @@ class LeanS3:
         return parsed
 
 
-async def _read(response: aiohttp.ClientResponse) -> bytes:
+async def _read(response: aiohttp.ClientResponse, where: str) -> bytes:
     """A short answer's body; a connection that breaks off is what aiobotocore says it is."""
     try:
         return await response.read()
-    except aiohttp.ClientPayloadError as exc:
-        raise ConnectionClosedError(endpoint_url=str(response.url), error=exc) from None
-    except aiohttp.ClientConnectionError as exc:
-        raise ConnectionClosedError(endpoint_url=str(response.url), error=exc) from None
+    except aiohttp.ServerTimeoutError as exc:
+        raise ReadTimeoutError(endpoint_url=where, error=exc) from None
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        raise ConnectionClosedError(endpoint_url=where, error=exc) from None
 
 
 class _Raw:
