@@ -386,8 +386,8 @@ class LeanS3:
         if self._handlers:
             self._emit(operation, method, url, signed, body)
         signed["User-Agent"] = self._http.user_agent
-        where = self._base_url  # what errors name: the bucket's URL, never an object's key
         signed["Accept-Encoding"] = "identity"
+        where = self._base_url  # what errors name: the bucket's URL, never an object's key
         try:
             response: aiohttp.ClientResponse = await self._http.request(
                 method, URL(url, encoded=True), headers=signed, data=body

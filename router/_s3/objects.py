@@ -271,28 +271,13 @@ class ObjectStore:
             ChecksumMode="ENABLED",
             **self._clients.owner[place.aws_region],
         )
-        body = response["Body"]
-        # Not ``as body``: aiobotocore 2.x's body hands its raw aiohttp response to ``as``,
-        # whose read skips the checksum and length checks.
-        async with body:
-            problem = encryption_problem(response, place.kms_key_arn)
-            if problem is not None:
-                raise ResidencyViolationError(f"object in bucket {place.bucket} {problem}")
-            data: bytes = await body.read()
-            return data
+        return await _checked_body(place, response)
 
     async def _read_described(
         self, client: S3Client, place: Placement, key: str, byte_range: str | None
     ) -> tuple[bytes, StoredObject]:
         response = await client.get_object(**self._get_args(place, key, byte_range))
-        body = response["Body"]
-        # Not ``as body``: aiobotocore 2.x's body hands its raw aiohttp response to ``as``,
-        # whose read skips the checksum and length checks.
-        async with body:
-            problem = encryption_problem(response, place.kms_key_arn)
-            if problem is not None:
-                raise ResidencyViolationError(f"object in bucket {place.bucket} {problem}")
-            data: bytes = await body.read()
+        data = await _checked_body(place, response)
         size = None if byte_range is None else _whole_size(response)
         return data, _described(key, response, size)
 
@@ -505,6 +490,23 @@ async def confirm_encryption(
         code = getattr(exc, "code", "") or type(exc).__name__
         outcome = f"NOT removed ({code}): an operator must delete version {version or '(none)'}"
     raise ResidencyViolationError(f"{what} to bucket {place.bucket} {problem}; {outcome}")
+
+
+async def _checked_body(place: Placement, response: Mapping[str, Any]) -> bytes:
+    """A GetObject answer's body, read only once the object's key is the region's.
+
+    Raises:
+        ResidencyViolationError: the object is not under the region's KMS key (nothing read).
+    """
+    body = response["Body"]
+    # Not ``as body``: aiobotocore 2.x's body hands its raw aiohttp response to ``as``,
+    # whose read skips the checksum and length checks.
+    async with body:
+        problem = encryption_problem(response, place.kms_key_arn)
+        if problem is not None:
+            raise ResidencyViolationError(f"object in bucket {place.bucket} {problem}")
+        data: bytes = await body.read()
+        return data
 
 
 @contextlib.contextmanager
