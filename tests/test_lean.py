@@ -80,7 +80,7 @@ OPERATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "Body": BODY,
             "ContentType": "application/json",
-            "Metadata": {"origin": "scanner-7", "trace": "a b"},
+            "Metadata": {"origin": "scanner-7", "trace": "a b", "spaced": "  x   y  z "},
             "Tagging": "residency-region=eu&data-class=files",
             "ServerSideEncryption": "aws:kms",
             "SSEKMSKeyId": KMS_KEY,

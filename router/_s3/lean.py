@@ -69,11 +69,15 @@ class _Status(NamedTuple):
     status_code: int
 
 
-def _header_value(shape: Shape, value: Any) -> str:
-    """A parameter as botocore serializes it into a header (the types S3 objects use)."""
+def _boolean_header(value: Any) -> str:
+    return "true" if value else "false"
+
+
+def _header_writer(shape: Shape) -> Callable[[Any], str]:
+    """How botocore serializes a parameter of ``shape`` into a header (the types S3 objects use)."""
     if shape.type_name == "boolean":
-        return "true" if value else "false"
-    return str(value)
+        return _boolean_header
+    return str
 
 
 # botocore's own host rule (default ports dropped); a botocore internal, checked by
@@ -85,7 +89,17 @@ _HANDLE_200_ERROR: Callable[..., None] = botocore_handlers._handle_200_error  # 
 
 
 class _HeaderMap(dict[str, str]):
-    """The headers to sign, as botocore's signer reads them (``get_all``), in a plain dict."""
+    """The headers to sign, as botocore's signer reads them (``get_all``), in a plain dict.
+
+    Made once per request, once every header is set; ``names`` are its keys in SigV4's
+    order (lowercase, sorted), worked out once then.
+    """
+
+    __slots__ = ("names",)
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        super().__init__(headers)
+        self.names: list[str] = sorted(self)
 
     def get_all(self, name: str) -> list[str]:
         return [self[name]]
@@ -100,6 +114,10 @@ class _Signer(S3SigV4Auth):
     carry each header once, so ``get_all`` has one value; every URL of one bucket has the
     same host, worked out once by botocore's rule (:func:`_HOST_FROM_URL`); the signer asks
     for the map twice while the headers stay as they are, so it is made once per request.
+    The map's names are lowercase and unique, so the canonical headers and the signed-header
+    list are botocore's with the set and lowercasing left out, from names sorted once (the
+    signer sorted them three times a request); each value still goes through botocore's
+    ``_header_value`` (trim, inner runs of spaces made one).
     The signing key (four HMACs of the secret, the day, the region and the service, by
     botocore's own steps) is kept per secret and day, as the other AWS SDKs keep it; only
     the last HMAC, of the string to sign, is made per request.
@@ -130,18 +148,28 @@ class _Signer(S3SigV4Auth):
         signature: str = sign(k_signing, string_to_sign, hex=True)
         return signature
 
+    def canonical_headers(self, headers_to_sign: Any) -> str:
+        header_map: _HeaderMap = headers_to_sign
+        signer: Any = self  # botocore's attributes, not all in its type stubs
+        trim = signer._header_value  # botocore's trim: ends cut, inner runs of spaces made one
+        return "\n".join([f"{name}:{trim(header_map[name])}" for name in header_map.names])
+
+    def signed_headers(self, headers_to_sign: Any) -> str:
+        header_map: _HeaderMap = headers_to_sign
+        return ";".join(header_map.names)
+
     def headers_to_sign(self, request: Any) -> Any:
         header_map: _HeaderMap | None = request.header_map
         if header_map is not None:
             return header_map
-        header_map = _HeaderMap()
+        selected: dict[str, str] = {}
         for name, value in request.headers.items():
             lname = name.lower()
             if lname not in SIGNED_HEADERS_BLACKLIST:
-                header_map[lname] = value
-        if "host" not in header_map:
-            header_map["host"] = self._host
-        request.header_map = header_map
+                selected[lname] = value
+        if "host" not in selected:
+            selected["host"] = self._host
+        header_map = request.header_map = _HeaderMap(selected)
         return header_map
 
 
@@ -178,13 +206,13 @@ class _Operation:
 
     def __init__(self, model: OperationModel, config: Any) -> None:
         self.model = model
-        self.headers_in: dict[str, tuple[str, Shape]] = {}
+        self.headers_in: dict[str, tuple[str, Callable[[Any], str]]] = {}
         self.meta_in = ""
         assert model.input_shape is not None
         for name, member in model.input_shape.members.items():
             location = member.serialization.get("location")
             if location == "header":
-                self.headers_in[name] = (member.serialization["name"], member)
+                self.headers_in[name] = (member.serialization["name"], _header_writer(member))
             elif location == "headers":
                 self.meta_in = member.serialization.get("name", "")
         self.headers_out: dict[str, tuple[str, Callable[[str], Any]]] = {}
@@ -362,7 +390,7 @@ class LeanS3:
             where = known.get(name)
             if where is None:
                 raise TypeError(f"the lean transport does not send {name}")
-            headers[where[0]] = _header_value(where[1], value)
+            headers[where[0]] = where[1](value)
         return headers
 
     async def _send(
@@ -427,8 +455,8 @@ class LeanS3:
     ) -> dict[str, Any]:
         """Parse an answer as the client would, guard it, and raise what the client raises.
 
-        A success is read from aiohttp's parsed headers (case-insensitive), one lookup per
-        header the model names; ``HTTPHeaders`` is that mapping. An error is parsed by
+        A success is read from aiohttp's parsed headers, each mapped to the field the model
+        names for it; ``HTTPHeaders`` is that (case-insensitive) mapping. An error is parsed by
         botocore, from the headers as aiobotocore hands them over (a dict, lowercased).
         """
         status = response.status
@@ -461,18 +489,21 @@ class LeanS3:
             }
         }
         self._guard(response=(_Status(status), parsed), operation=operation.model)
-        for name, (field, convert) in operation.headers_out.items():
-            value = found.get(name)
-            if value is not None:
-                parsed[field] = convert(value)
+        # One pass over the headers that came (about ten), not one lookup per header the
+        # model names (over twenty); a repeated header counts once, as a lookup would.
+        known = operation.headers_out
         meta_prefix = operation.meta_out
+        metadata: dict[str, str] = {}
+        for name, value in found.items():
+            lname = name.lower()
+            field = known.get(lname)
+            if field is not None:
+                if field[0] not in parsed:
+                    parsed[field[0]] = field[1](value)
+            elif meta_prefix and lname.startswith(meta_prefix):
+                metadata[lname[len(meta_prefix) :]] = value
         if meta_prefix:
-            cut = len(meta_prefix)
-            parsed["Metadata"] = {
-                name.lower()[cut:]: value
-                for name, value in found.items()
-                if name.lower().startswith(meta_prefix)
-            }
+            parsed["Metadata"] = metadata
         return parsed
 
 
