@@ -179,8 +179,9 @@ class NoRedirectAIOHTTPSession(AIOHTTPSession):
     Chosen through AioConfig's public ``http_session_cls``; the options reach aiohttp
     through public per-request arguments (``allow_redirects``, ``ssl``). One aiobotocore
     internal remains, ``_get_session`` (the only place the aiohttp session is reachable),
-    and one aiohttp internal, ``ClientSession._retry_connection``: ``tests/test_aws.py``
-    fails at whichever versions are installed if either stops being used.
+    and two aiohttp internals, ``ClientSession._retry_connection`` and ``_cookie_jar``:
+    ``tests/test_aws.py`` and ``tests/test_lean.py`` fail at whichever versions are
+    installed if any stops being used.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -200,6 +201,10 @@ class NoRedirectAIOHTTPSession(AIOHTTPSession):
         # aiohttp re-sends an idempotent request once, silently, when a connection drops:
         # the retry budget must count the requests actually sent (one retry layer).
         session._retry_connection = False
+        # No cookie kept from one answer for the next request (another org's, perhaps), as
+        # botocore (urllib3) keeps none. aiobotocore offers no cookie-jar option: the jar
+        # is swapped before the first request (tests/test_lean.py sends a cookie to check).
+        session._cookie_jar = aiohttp.DummyCookieJar()
         return _NoRedirectClientSession(session, self._residency_context)
 
 
@@ -208,7 +213,8 @@ class LeanHttp:
 
     Made only by :func:`open_lean_http`, with the guarantees of every other client: no
     redirect followed, TLS 1.2 or newer and always verified, no environment proxy (only
-    ``proxy_url``), no silent re-send, connect and read timeouts set, a bounded pool.
+    ``proxy_url``), no silent re-send, connect and read timeouts set, a bounded pool, and
+    no cookies kept between requests.
     """
 
     __slots__ = ("_proxy", "_session", "_ssl", "user_agent")
@@ -253,6 +259,9 @@ async def open_lean_http(transport: Transport, ca_bundle: str | None) -> LeanHtt
         skip_auto_headers={"Content-Type"},
         auto_decompress=False,
         trust_env=False,
+        # No cookie kept from one answer for the next request (another org's, perhaps), as
+        # botocore keeps none; it also spares every request a cookie-jar lookup.
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
     # As for the aiobotocore clients: the retry budget counts the requests actually sent.
     session._retry_connection = False

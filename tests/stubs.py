@@ -14,6 +14,7 @@ class StubServer:
     def __init__(self, reply: Callable[[str, str], Reply]) -> None:
         self.reply = reply
         self.requests: list[tuple[str, str]] = []
+        self.headers: list[dict[str, str]] = []  # each request's headers, names lowercased
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -24,6 +25,7 @@ class StubServer:
                 if length:
                     self.rfile.read(length)
                 stub.requests.append((self.command, self.path))
+                stub.headers.append({k.lower(): v for k, v in self.headers.items()})
                 status, headers, body = stub.reply(self.command, self.path)
                 self.send_response(status)
                 for name, value in headers.items():

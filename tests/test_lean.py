@@ -782,3 +782,36 @@ async def test_put_answered_200_with_an_error_body_is_retried_not_taken_for_a_wr
             with pytest.raises(RegionUnavailableError, match="InternalError"):
                 await router.put(ORG, "a.txt", b"never stored")
             assert [method for method, _ in stub.requests] == ["PUT"] * 2
+
+
+@pytest.mark.parametrize("transport", ["lean", "botocore"])
+async def test_a_cookie_set_by_one_answer_is_never_sent_with_a_later_request(
+    key_arn_map: Path, transport: str
+) -> None:
+    # A load balancer or gateway in front of S3 may set cookies; the next request may be
+    # another org's. botocore (urllib3) keeps no cookies; neither does the router.
+    eu_key = RegionMap.load(key_arn_map).region(Region.EU).kms_key
+    body = b"stored bytes"
+
+    def with_cookie(method: str, path: str) -> Reply:
+        headers = {
+            "ETag": '"abc"',
+            "Set-Cookie": "AWSALB=org-acme-sticky; Path=/",
+            "x-amz-server-side-encryption": "aws:kms",
+            "x-amz-server-side-encryption-aws-kms-key-id": eu_key,
+            "x-amz-checksum-sha256": base64.b64encode(hashlib.sha256(body).digest()).decode(),
+            "x-amz-checksum-type": "FULL_OBJECT",
+        }
+        return 200, headers, b"" if method == "PUT" else body
+
+    with stub_server(with_cookie) as stub:
+        # A host name: aiohttp's default cookie jar would drop cookies from an IP address.
+        endpoint = stub.url.replace("127.0.0.1", "localhost")
+        settings = unverified(key_arn_map, endpoint, transport=transport, allow_plain_http=True)
+        async with ResidencyRouter.from_settings(settings) as router:
+            stub.headers.clear()
+            await router.put(ORG, "a.txt", body)
+            assert await router.get(ORG, "a.txt") == body
+            await router.put(ORG, "b.txt", body)
+    assert len(stub.headers) == 3
+    assert [h for h in stub.headers if "cookie" in h] == []
