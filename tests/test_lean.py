@@ -30,7 +30,7 @@ import yaml
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ParamValidationError
 from yarl import URL
 
 from router._aws import (
@@ -354,6 +354,32 @@ async def test_lean_transport_reads_botocores_clock_for_every_request(
     ]
     for botocore_request, lean_request in pairs:
         assert lean_request.headers["Authorization"] == botocore_request.headers["Authorization"]
+
+
+@pytest.mark.parametrize("operation", ["put", "get-checksum", "head"])
+async def test_lean_refuses_an_empty_key_as_botocore_does_sending_nothing(
+    monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    # An empty key would make the object URL the bucket's own: a PUT there is CreateBucket.
+    sent: list[str] = []
+
+    def wire(self: LeanHttp, method: str, url: Any, *, headers: Any, data: Any) -> Any:
+        sent.append(method)
+        raise NotSentError
+
+    monkeypatch.setattr(LeanHttp, "request", wire)
+    method_name, params = OPERATIONS[operation]
+    session = new_aio_session()
+    session.set_credentials(*CREDENTIALS["long-term"][:2])
+    transport = Transport(endpoint_url="http://127.0.0.1:9")
+    async with (
+        open_aio_client(session, "s3", EU, transport, bucket=BUCKET) as client,
+        lean_beside(client, session, transport) as lean,
+    ):
+        for sender in (client, lean):
+            with pytest.raises(ParamValidationError, match="Key"):
+                await getattr(sender, method_name)(Bucket=BUCKET, Key="", **params)
+    assert sent == []
 
 
 # -- a server that verifies signatures --------------------------------------------------

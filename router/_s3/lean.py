@@ -43,6 +43,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     HTTPClientError,
     NoCredentialsError,
+    ParamValidationError,
     ProxyConnectionError,
     ReadTimeoutError,
     SSLError,
@@ -401,6 +402,11 @@ class LeanS3:
         headers: CIMultiDict[str],
         body: bytes | None,
     ) -> aiohttp.ClientResponse:
+        if not key:
+            # As botocore's parameter validation: an empty key would address the bucket.
+            raise ParamValidationError(
+                report="Invalid length for parameter Key, value: 0, valid min length: 1"
+            )
         url = self._base_url + percent_encode(key, safe="/~")
         credentials = self._credentials
         if credentials is None:
