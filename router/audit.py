@@ -140,7 +140,12 @@ class OperationAudit:
         return self
 
     def at(self, region: str, data_class: str | None = None, key: str | None = None) -> None:
-        """Name where the operation acts (its region, data class and full key)."""
+        """Name where the operation acts (its region, data class and full key).
+
+        ``region`` and ``data_class`` may be the members themselves (``Region``, ``DataClass``
+        are ``StrEnum``): the event carries their plain values, made only when it is built
+        (``.value`` on a member costs about 0.2 us, twice on every put).
+        """
         self.region = region
         self.data_class = data_class
         self.key = key
@@ -188,9 +193,9 @@ class OperationAudit:
         event: dict[str, object] = {
             "event": "residency." + self.name,
             "org_id": self.org_id,
-            "region": self.region,
+            "region": None if self.region is None else str(self.region),
             "operation": self.name,
-            "data_class": self.data_class,
+            "data_class": None if self.data_class is None else str(self.data_class),
             "outcome": outcome,
             "latency_ms": round((time.perf_counter() - self.started) * 1000.0, 3),
         }

@@ -97,6 +97,8 @@ def kept_tags(org: OrgResidency, data_class: DataClass) -> KeptTags:
 
 
 _new_tuple = tuple.__new__
+# A member read from the enum class costs about 0.1 us (EnumType's lookup); a global, 20 ns.
+_INPUTS_OUTPUTS = DataClass.INPUTS_OUTPUTS
 
 _KEPT_REASON = {
     cls: f"{cls.value} are stored in the org's residency region until deleted" for cls in DataClass
@@ -133,7 +135,7 @@ def decide_put(
         InvalidKeyError: ``inputs_outputs`` (recorded only through ``record_exchange``) or a
             key that breaks a key rule.
     """
-    if data_class is DataClass.INPUTS_OUTPUTS:
+    if data_class is _INPUTS_OUTPUTS:
         raise InvalidKeyError(
             "put does not accept inputs_outputs: record API inputs and outputs with "
             "record_exchange, which applies retention and zero data retention"

@@ -155,7 +155,7 @@ class ResidencyRouter(OrgAdmin):
                 check_body(body)
             decision = await self._plan_put(org_id, key, data_class, metadata, content_type)
             place = decision.placement
-            op.at(place.region.value, decision.data_class.value, decision.key)
+            op.at(place.region, decision.data_class, decision.key)
             op.acting()
             result = await wiring.objects.put(
                 place,
@@ -603,7 +603,7 @@ async def _step(op: OperationAudit, source: AsyncIterator[T]) -> T | None:
 
 def _acting_on(op: OperationAudit, resolved: Resolved, cls: DataClass, full: str) -> Placement:
     place = resolved.place
-    op.at(place.region.value, cls.value, full)
+    op.at(place.region, cls, full)
     op.acting()
     return place
 
