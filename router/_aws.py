@@ -204,7 +204,9 @@ class NoRedirectAIOHTTPSession(AIOHTTPSession):
         # No cookie kept from one answer for the next request (another org's, perhaps), as
         # botocore (urllib3) keeps none. aiobotocore offers no cookie-jar option: the jar
         # is swapped before the first request (tests/test_lean.py sends a cookie to check).
-        session._cookie_jar = aiohttp.DummyCookieJar()
+        # (This runs for every request: the jar is made once per aiohttp session.)
+        if not isinstance(session._cookie_jar, aiohttp.DummyCookieJar):
+            session._cookie_jar = aiohttp.DummyCookieJar()
         return _NoRedirectClientSession(session, self._residency_context)
 
 
