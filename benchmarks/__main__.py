@@ -137,6 +137,19 @@ def stub_map(directory: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def on_stub() -> Iterator[RouterSettings]:
+    """Run the stub S3 in its own process; yield router settings for it (nothing verified)."""
+    with tempfile.TemporaryDirectory() as work, isolated_aws_environment():
+        regions_file = stub_map(Path(work))
+        with child(["-m", "benchmarks.stub_s3"]) as port:
+            yield RouterSettings(
+                regions_file=regions_file,
+                endpoint_url=f"http://127.0.0.1:{port}",
+                verify_on_start="off",
+            )
+
+
 # -- the contenders -------------------------------------------------------------------
 
 

@@ -25,8 +25,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from botocore.auth import S3SigV4Auth
@@ -44,17 +42,15 @@ from benchmarks.__main__ import (
     Figure,
     Obstore,
     Op,
-    child,
+    on_stub,
     peer_op,
     router_op,
-    stub_map,
     table,
     throughput,
 )
 from router.config import RouterSettings
 from router.regions import RegionMap
 from router.routing import ResidencyRouter
-from router.testing import isolated_aws_environment
 from router.types import Region
 
 CONCURRENCY = 64
@@ -62,18 +58,11 @@ COUNT = 500
 
 
 async def measure(rounds: int) -> list[Figure]:
-    with tempfile.TemporaryDirectory() as work, isolated_aws_environment():
-        regions_file = stub_map(Path(work))
-        with child(["-m", "benchmarks.stub_s3"]) as port:
-            settings = RouterSettings(
-                regions_file=regions_file,
-                endpoint_url=f"http://127.0.0.1:{port}",
-                verify_on_start="off",
-            )
-            region_map = RegionMap.load(regions_file)
-            async with ResidencyRouter.from_settings(settings) as router:
-                ops = await contenders(router, settings, region_map)
-                return await rounds_of(ops, rounds)
+    with on_stub() as settings:
+        region_map = RegionMap.load(settings.regions_file)
+        async with ResidencyRouter.from_settings(settings) as router:
+            ops = await contenders(router, settings, region_map)
+            return await rounds_of(ops, rounds)
 
 
 async def contenders(
@@ -101,8 +90,8 @@ async def contenders(
     lean.register("before-send", lambda request, **_: captured.update(request.headers))
     await lean.put_object(Key=f"orgs/{ORG}/files/bench/0", Body=BODY, **params)
     lean._handlers.clear()
-    unsigned = {k: v for k, v in captured.items() if k.lower() != "authorization"}
-    to_sign = {k: v for k, v in unsigned.items() if k not in ("X-Amz-Date", "X-Amz-Content-SHA256")}
+    added_by_signing = ("Authorization", "X-Amz-Date", "X-Amz-Content-SHA256")
+    to_sign = {k: v for k, v in captured.items() if k not in added_by_signing}
     captured |= {"User-Agent": http.user_agent, "Accept-Encoding": "identity"}
 
     async def floor(n: int) -> None:

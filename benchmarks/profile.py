@@ -16,14 +16,11 @@ import gc
 import os
 import pstats
 import sys
-import tempfile
 from collections import defaultdict
-from pathlib import Path
 
-from benchmarks.__main__ import BENCH_CPUS, BODY, ORG, child, stub_map
+from benchmarks.__main__ import BENCH_CPUS, BODY, ORG, on_stub
 from router.config import RouterSettings
 from router.routing import ResidencyRouter
-from router.testing import isolated_aws_environment
 
 OPERATIONS = 3000
 PARTS = (
@@ -86,15 +83,8 @@ def main() -> int:
     op_name = sys.argv[1] if len(sys.argv) > 1 else "put"
     if BENCH_CPUS:
         os.sched_setaffinity(0, BENCH_CPUS)
-    with tempfile.TemporaryDirectory() as work, isolated_aws_environment():
-        regions_file = stub_map(Path(work))
-        with child(["-m", "benchmarks.stub_s3"]) as port:
-            settings = RouterSettings(
-                regions_file=regions_file,
-                endpoint_url=f"http://127.0.0.1:{port}",
-                verify_on_start="off",
-            )
-            stats = asyncio.run(profiled(settings, op_name))
+    with on_stub() as settings:
+        stats = asyncio.run(profiled(settings, op_name))
     totals: dict[str, float] = defaultdict(float)
     raw = stats.stats  # type: ignore[attr-defined]
     for (filename, _, function), (_, _, own, _, _) in raw.items():
