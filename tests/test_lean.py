@@ -753,6 +753,17 @@ async def test_lean_cancelled_streams_release_their_connections(
     assert after["Body"].read() == b"after"
 
 
+def stored_object_headers(kms_key: str, sha256_b64: str) -> dict[str, str]:
+    """What a stub answers of an object stored under ``kms_key`` with that SHA-256."""
+    return {
+        "ETag": '"abc"',
+        "x-amz-server-side-encryption": "aws:kms",
+        "x-amz-server-side-encryption-aws-kms-key-id": kms_key,
+        "x-amz-checksum-sha256": sha256_b64,
+        "x-amz-checksum-type": "FULL_OBJECT",
+    }
+
+
 @pytest.mark.parametrize("transport", ["lean", "botocore"])
 async def test_get_whose_body_does_not_match_its_checksum_raises_and_returns_nothing(
     key_arn_map: Path, transport: str
@@ -762,15 +773,8 @@ async def test_get_whose_body_does_not_match_its_checksum_raises_and_returns_not
     claimed = base64.b64encode(hashlib.sha256(b"what was stored").digest()).decode()
 
     def wrong_checksum(method: str, path: str) -> Reply:
-        headers = {
-            "ETag": '"abc"',
-            "Content-Type": "application/octet-stream",
-            "x-amz-server-side-encryption": "aws:kms",
-            "x-amz-server-side-encryption-aws-kms-key-id": eu_key,
-            "x-amz-checksum-sha256": claimed,
-            "x-amz-checksum-type": "FULL_OBJECT",
-        }
-        return 200, headers, served
+        headers = stored_object_headers(eu_key, claimed)
+        return 200, {**headers, "Content-Type": "application/octet-stream"}, served
 
     with stub_server(wrong_checksum) as stub:
         settings = unverified(key_arn_map, stub.url, transport=transport, retry_max_attempts=2)
@@ -820,14 +824,9 @@ async def test_a_cookie_set_by_one_answer_is_never_sent_with_a_later_request(
     body = b"stored bytes"
 
     def with_cookie(method: str, path: str) -> Reply:
-        headers = {
-            "ETag": '"abc"',
-            "Set-Cookie": "AWSALB=org-acme-sticky; Path=/",
-            "x-amz-server-side-encryption": "aws:kms",
-            "x-amz-server-side-encryption-aws-kms-key-id": eu_key,
-            "x-amz-checksum-sha256": base64.b64encode(hashlib.sha256(body).digest()).decode(),
-            "x-amz-checksum-type": "FULL_OBJECT",
-        }
+        checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        headers = stored_object_headers(eu_key, checksum)
+        headers["Set-Cookie"] = "AWSALB=org-acme-sticky; Path=/"
         return 200, headers, b"" if method == "PUT" else body
 
     with stub_server(with_cookie) as stub:
