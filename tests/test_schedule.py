@@ -13,6 +13,7 @@ from router.errors import (
     OrgRecordConflictError,
     ResidencyError,
 )
+from router.orgs import CachedOrgDirectory
 from router.records import effective, is_fenced, schedule_change, start_move
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
@@ -105,8 +106,26 @@ async def test_a_moved_processing_pin_switches_at_its_instant(table: ResidencyWo
     assert after.region is Region.US
 
 
-async def test_concurrent_updates_cannot_clobber_each_other(table: ResidencyWorld) -> None:
+async def test_concurrent_updates_cannot_clobber_each_other(
+    table: ResidencyWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with ResidencyRouter.from_settings(settings(table)) as router:
+        # Both updates read the record before either writes, whatever the machine's speed
+        # (on a slow one the first could otherwise finish before the second reads, and
+        # both would rightly succeed, one after the other).
+        read = CachedOrgDirectory.fresh
+        both_read = asyncio.Barrier(2)
+        readers = 0
+
+        async def read_then_wait(directory: CachedOrgDirectory, org_id: OrgId) -> OrgResidency:
+            nonlocal readers
+            record = await read(directory, org_id)
+            readers += 1
+            if readers <= 2:
+                await both_read.wait()
+            return record
+
+        monkeypatch.setattr(CachedOrgDirectory, "fresh", read_then_wait)
         results = await asyncio.gather(
             router.update_org(ORG, zero_data_retention=True),
             router.update_org(ORG, training_opt_in=True),
