@@ -30,7 +30,7 @@ def settings(world: ResidencyWorld, **overrides: Any) -> Any:
         "directory_table": TABLE,
         "cache_ttl_s": 2.0,
         "clock_skew_s": 0.5,
-        "directory_timeout_s": 0.75,
+        "directory_timeout_s": 1.5,
     }
     values.update(overrides)
     return world.settings(**values)
