@@ -12,7 +12,7 @@ from json import JSONDecodeError
 from types import TracebackType
 
 import aiohttp
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
 
 from router._retry import error_code, is_transient
 from router._s3.health import HealthBook
@@ -61,7 +61,10 @@ class S3Errors:
     * ``ClientError``: transient codes become :class:`RegionUnavailableError`, missing objects
       :class:`ObjectNotFoundError`, everything else :class:`StorageError` with the AWS code;
       codes in :data:`REGION_BROKEN` also quarantine the region;
-    * transport failures, and answers nobody can parse, become :class:`RegionUnavailableError`.
+    * transport failures, and answers nobody can parse, become :class:`RegionUnavailableError`;
+    * a ``TypeError`` passes through and botocore's ``ParamValidationError`` becomes
+      :class:`InvalidArgumentError`: both are refusals before sending, the call's fault, and
+      are not recorded against the region.
 
     Messages name the region, bucket and operation (``what``), never object keys or URLs.
     """
@@ -122,6 +125,12 @@ class S3Errors:
             if code in REGION_BROKEN and not (self._object_read and code in OBJECT_SCOPED):
                 health.quarantine(region, "storage", f"{what} refused ({code})")
             return StorageError(f"{what} refused in {region}", code=code)
+        if isinstance(exc, TypeError):
+            return exc  # a call the router got wrong (wrong Python types): not the region's
+        if isinstance(exc, ParamValidationError):
+            # botocore's checks of the arguments, before sending: not the region's either.
+            # Its report quotes the values, and so perhaps a key: not repeated.
+            return InvalidArgumentError(f"{what}: the request was refused before sending")
         if isinstance(exc, NoCredentialsError):
             return StorageError(
                 f"{what} in {region}: no AWS credentials were found; configure them",

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ParamValidationError
 
+from router._s3.errors import S3Errors
 from router._s3.health import DEGRADED_FAILURE_RATE, HEALTH_WINDOW, HealthBook
 from router.errors import (
     InvalidArgumentError,
@@ -97,6 +99,30 @@ async def test_bad_headers_are_refused_before_sending_and_leave_health_alone(
     assert len(s3_requests) == 0
     assert residency_router.health()[Region.EU].state == "ok"
     assert residency_router.health()[Region.EU].failure_rate == 0.0
+
+
+@pytest.mark.parametrize(
+    ("raised", "error"),
+    [
+        # What the lean transport raises for a parameter it does not send: the router's bug.
+        pytest.param(TypeError("the lean transport does not send X"), TypeError, id="type"),
+        pytest.param(
+            ParamValidationError(report="Invalid length for parameter Key, value: 0"),
+            InvalidArgumentError,
+            id="botocore-validation",
+        ),
+    ],
+)
+def test_calls_refused_before_sending_are_not_held_against_the_region(
+    raised: Exception, error: type[Exception]
+) -> None:
+    region = AwsRegion("eu-west-1")
+    book = HealthBook([region])
+    with pytest.raises(error) as caught, S3Errors(book, region, "PutObject on bucket-eu"):
+        raise raised
+    assert "Invalid length" not in str(caught.value)  # botocore's report quotes values
+    assert book.health(region).failure_rate == 0.0
+    assert book.health(region).state == "ok"
 
 
 async def test_missing_bucket_quarantines_until_verify_passes_again(
