@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-Reply = tuple[int, dict[str, str], bytes]
+Reply = tuple[int, dict[str, str] | list[tuple[str, str]], bytes]
+"""Status, headers (a list of pairs may repeat a name), body."""
 
 
 class StubServer:
@@ -28,7 +29,8 @@ class StubServer:
                 stub.headers.append({k.lower(): v for k, v in self.headers.items()})
                 status, headers, body = stub.reply(self.command, self.path)
                 self.send_response(status)
-                for name, value in headers.items():
+                pairs = headers.items() if isinstance(headers, dict) else headers
+                for name, value in pairs:
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

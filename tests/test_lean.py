@@ -753,6 +753,49 @@ async def test_lean_cancelled_streams_release_their_connections(
     assert after["Body"].read() == b"after"
 
 
+async def test_lean_reads_an_answer_as_botocore_reads_it_repeated_headers_too() -> None:
+    # aiobotocore hands botocore the headers as a dict: of a repeated header, the last value.
+    other_key = KMS_KEY.replace("0001", "0002")
+    answer = [
+        ("ETag", '"abc"'),
+        ("Last-Modified", "Tue, 01 Dec 2026 04:20:19 GMT"),
+        ("Content-Type", "text/plain"),
+        ("x-amz-version-id", "v1"),
+        ("x-amz-server-side-encryption", "aws:kms"),
+        ("x-amz-server-side-encryption-aws-kms-key-id", other_key),
+        ("x-amz-server-side-encryption-aws-kms-key-id", KMS_KEY),
+        ("x-amz-server-side-encryption-bucket-key-enabled", "true"),
+        ("x-amz-checksum-sha256", BODY_SHA256),
+        ("x-amz-checksum-type", "FULL_OBJECT"),
+        ("x-amz-meta-Note", "first"),
+        ("x-amz-meta-note", "second"),
+        ("x-amz-meta-other", "kept"),
+        ("x-amz-tagging-count", "2"),
+        ("x-amz-request-id", "req-1"),
+    ]
+    with stub_server(lambda method, path: (200, answer, BODY)) as stub:
+        session = new_aio_session()
+        session.set_credentials(*CREDENTIALS["long-term"][:2])
+        transport = Transport(endpoint_url=stub.url)
+        async with (
+            open_aio_client(session, "s3", EU, transport, bucket=BUCKET) as client,
+            lean_beside(client, session, transport) as lean,
+        ):
+            read: dict[str, list[dict[str, Any]]] = {}
+            for name, sender in (("botocore", client), ("lean", lean)):
+                head = await sender.head_object(Bucket=BUCKET, Key="k")
+                got = await sender.get_object(Bucket=BUCKET, Key="k")
+                assert await got.pop("Body").read() == BODY
+                read[name] = [head, got]
+                for parsed in read[name]:
+                    metadata = parsed.pop("ResponseMetadata")
+                    assert metadata["HTTPStatusCode"] == 200
+                    assert metadata["RequestId"] == "req-1"
+    assert read["lean"] == read["botocore"]
+    assert read["lean"][0]["SSEKMSKeyId"] == KMS_KEY
+    assert read["lean"][0]["Metadata"] == {"note": "second", "other": "kept"}
+
+
 def stored_object_headers(kms_key: str, sha256_b64: str) -> dict[str, str]:
     """What a stub answers of an object stored under ``kms_key`` with that SHA-256."""
     return {

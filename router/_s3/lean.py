@@ -496,7 +496,8 @@ class LeanS3:
         }
         self._guard(response=(_Status(status), parsed), operation=operation.model)
         # One pass over the headers that came (about ten), not one lookup per header the
-        # model names (over twenty); a repeated header counts once, as a lookup would.
+        # model names (over twenty). Of a repeated header the last value stands, as in the
+        # dict aiobotocore hands botocore's parser.
         known = operation.headers_out
         meta_prefix = operation.meta_out
         metadata: dict[str, str] = {}
@@ -504,8 +505,7 @@ class LeanS3:
             lname = name.lower()
             field = known.get(lname)
             if field is not None:
-                if field[0] not in parsed:
-                    parsed[field[0]] = field[1](value)
+                parsed[field[0]] = field[1](value)
             elif meta_prefix and lname.startswith(meta_prefix):
                 metadata[lname[len(meta_prefix) :]] = value
         if meta_prefix:
