@@ -1,0 +1,322 @@
+"""Local AWS for tests and the demo: moto's server on 127.0.0.1, in a thread or a child process.
+
+:mod:`router.testing` builds its worlds and pytest plugin on these and re-exports the public
+names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from moto.server import ThreadedMotoServer
+
+from router._aws import Transport, boto3_client
+
+DUMMY_CREDENTIALS = {
+    "aws_access_key_id": "testing",
+    "aws_secret_access_key": "testing",
+}
+
+
+class _LazyPrivateKey:
+    """Stands in for moto's per-key RSA private key until something signs with it."""
+
+    def __init__(self, make: Callable[[str], Any], key_spec: str) -> None:
+        self._make = make
+        self._key_spec = key_spec
+        self._key: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._key is None:
+            self._key = self._make(self._key_spec)
+        return getattr(self._key, name)
+
+
+def _defer_symmetric_private_keys() -> None:
+    # moto generates an RSA-2048 private key for every KMS key, symmetric ones included
+    # (about 50 ms each); only sign/verify ever uses it, which symmetric keys never do.
+    import moto.kms.models as kms_models
+
+    make = kms_models.generate_private_key  # type: ignore[attr-defined]
+    if getattr(make, "_residency_lazy", False):
+        return
+
+    def generate(key_spec: str) -> Any:
+        if key_spec == "SYMMETRIC_DEFAULT":
+            return _LazyPrivateKey(make, key_spec)
+        return make(key_spec)
+
+    generate._residency_lazy = True  # type: ignore[attr-defined]
+    kms_models.generate_private_key = generate  # type: ignore[attr-defined]
+
+
+class LocalS3Server:
+    """moto's threaded server on 127.0.0.1, on ``port`` (0: a free one), quiet by default."""
+
+    def __init__(self, port: int = 0) -> None:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self.endpoint_url = ""
+
+    def start(self) -> str:
+        """Start the server and return its endpoint URL."""
+        # werkzeug logs one line per request; the demo and tests want none of them.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        _defer_symmetric_private_keys()
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+        return self.endpoint_url
+
+    def reset(self) -> None:
+        """Forget every bucket, key and table (moto's reset API)."""
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+    def stop(self) -> None:
+        """Stop the server."""
+        self._server.stop()
+
+    def __enter__(self) -> LocalS3Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+_CHANGES_PATH = "/_residency/configuration-changes"
+
+# What a test may do to a session world that emptying undoes; every other write (bucket
+# configuration, bucket creation or deletion, key state, aliases, policies) counts as a
+# configuration change, and the world is provisioned again.
+_KMS_DATA = frozenset(
+    {"Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateRandom", "Sign", "Verify"}
+)
+_DYNAMODB_DATA = frozenset(
+    {
+        "PutItem",
+        "UpdateItem",
+        "DeleteItem",
+        "BatchWriteItem",
+        "TransactWriteItems",
+        "ExecuteStatement",
+        "BatchExecuteStatement",
+        "ExecuteTransaction",
+        "CreateTable",
+        "DeleteTable",
+    }
+)
+_READ_PREFIXES = ("Describe", "List", "Get", "BatchGet", "TransactGet", "Query", "Scan")
+
+
+def _service_of(environ: Mapping[str, Any]) -> str:
+    credential = ""
+    authorization = str(environ.get("HTTP_AUTHORIZATION", ""))
+    if "Credential=" in authorization:
+        credential = authorization.split("Credential=", 1)[1].split(",", 1)[0]
+    else:  # a presigned URL
+        query = urllib.parse.parse_qs(str(environ.get("QUERY_STRING", "")))
+        credential = query.get("X-Amz-Credential", [""])[0]
+    parts = credential.split("/")
+    return parts[3] if len(parts) >= 5 else ""
+
+
+def changes_configuration(environ: Mapping[str, Any]) -> bool:
+    """Whether a request (a WSGI environ) may change what emptying a world does not undo.
+
+    Reads, object and upload requests, DynamoDB items and tables, and KMS cryptography do
+    not; anything else that writes, or whose service is unknown, does.
+    """
+    method = str(environ.get("REQUEST_METHOD", "GET"))
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return False
+    service = _service_of(environ)
+    if service == "sts":
+        return False
+    if service == "s3":
+        _, _, key = str(environ.get("PATH_INFO", "")).lstrip("/").partition("/")
+        if key:
+            return False  # an object, its tags, a multipart upload or one of its parts
+        query = urllib.parse.parse_qs(str(environ.get("QUERY_STRING", "")), keep_blank_values=True)
+        # DeleteObjects, or a browser's form upload (POST without a query).
+        return not (method == "POST" and set(query) <= {"delete", "x-id"})
+    operation = str(environ.get("HTTP_X_AMZ_TARGET", "")).rpartition(".")[2]
+    data = {"kms": _KMS_DATA, "dynamodb": _DYNAMODB_DATA}.get(service)
+    if data is None:
+        return True
+    return not (operation in data or operation.startswith(_READ_PREFIXES))
+
+
+class _ChangeCounter:
+    """WSGI middleware: counts configuration changes and answers how many there were."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") == _CHANGES_PATH:
+            body = str(self._count).encode()
+            start_response(
+                "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+            )
+            return [body]
+        if changes_configuration(environ):
+            with self._lock:
+                self._count += 1
+        return self._app(environ, start_response)
+
+
+def serve_counting_moto() -> None:
+    """Child process of ``LocalS3Process``: serve until the parent closes stdin."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    _defer_symmetric_private_keys()
+    app = _ChangeCounter(DomainDispatcherApplication(create_backend_app))
+    extra: dict[str, Any] = {}
+    # moto's handler keeps S3 metadata names with underscores; older moto has none.
+    with contextlib.suppress(ImportError):
+        from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+        extra["request_handler"] = MotoRequestHandler
+    server = make_server("127.0.0.1", 0, app, threaded=True, **extra)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    print(server.server_port, flush=True)
+    sys.stdin.read()
+    server.shutdown()
+
+
+class LocalS3Process:
+    """A moto server on 127.0.0.1 in a child process, counting configuration changes.
+
+    Its state is its own: ``LocalS3Server.reset`` in the test process leaves it alone. It
+    stops when ``stop`` is called or the test process exits.
+    """
+
+    def __init__(self) -> None:
+        self.endpoint_url = ""
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> str:
+        """Start the child process and return its endpoint URL.
+
+        Raises:
+            RuntimeError: the server did not start.
+        """
+        env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+        # The child imports this module from where this process found it.
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
+        with tempfile.TemporaryFile("w+") as errors:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", "import router.testing._moto as m; m.serve_counting_moto()"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                env=env,
+                text=True,
+            )
+            assert self._process.stdout is not None
+            port = self._process.stdout.readline().strip()
+            if not port.isdigit():
+                self.stop()
+                errors.seek(0)
+                raise RuntimeError(f"the moto child process did not start: {errors.read()}")
+        self.endpoint_url = f"http://127.0.0.1:{port}"
+        return self.endpoint_url
+
+    def configuration_changes(self) -> int:
+        """How many requests so far may have changed configuration (``changes_configuration``)."""
+        with urllib.request.urlopen(self.endpoint_url + _CHANGES_PATH, timeout=10) as response:
+            return int(response.read())
+
+    def reset(self) -> None:
+        """Forget every bucket, key and table (moto's reset API)."""
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+    def stop(self) -> None:
+        """Stop the child process."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+    def __enter__(self) -> LocalS3Process:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# boto3 clients are slow to make and hold no state of a world: share them per endpoint.
+_CLIENTS: dict[tuple[str, str, str], Any] = {}
+
+
+def local_client(endpoint_url: str, service: str, aws_region: str) -> Any:
+    """Return a boto3 client for a local endpoint with dummy credentials (cached).
+
+    It comes from the project's one client factory, like every other client.
+    """
+    cache_key = (endpoint_url, service, aws_region)
+    cached = _CLIENTS.get(cache_key)
+    if cached is None:
+        cached = boto3_client(
+            service,
+            aws_region,
+            Transport(endpoint_url=endpoint_url, read_timeout_s=60.0),
+            credentials=DUMMY_CREDENTIALS,
+        )
+        _CLIENTS[cache_key] = cached
+    return cached
+
+
+@contextlib.contextmanager
+def isolated_aws_environment() -> Iterator[None]:
+    """Hide the developer's AWS variables and files; use dummy credentials meanwhile."""
+    saved = {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
+    for name in saved:
+        del os.environ[name]
+    with tempfile.TemporaryDirectory() as empty:
+        os.environ.update(
+            {
+                "AWS_ACCESS_KEY_ID": DUMMY_CREDENTIALS["aws_access_key_id"],
+                "AWS_SECRET_ACCESS_KEY": DUMMY_CREDENTIALS["aws_secret_access_key"],
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_CONFIG_FILE": str(Path(empty) / "config"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(Path(empty) / "credentials"),
+                "AWS_EC2_METADATA_DISABLED": "true",
+            }
+        )
+        try:
+            yield
+        finally:
+            for name in [n for n in os.environ if n.startswith("AWS_")]:
+                del os.environ[name]
+            os.environ.update(saved)
