@@ -54,6 +54,10 @@ under a disabled or foreign key, or a policy denies it): a read does not quarant
 """
 
 
+class LeanMisuseError(TypeError):
+    """The lean transport was asked for something it does not send; nothing was sent."""
+
+
 class S3Errors:
     """``with S3Errors(health, region, what):`` maps what the block raises (httpx's shape).
 
@@ -62,9 +66,10 @@ class S3Errors:
       :class:`ObjectNotFoundError`, everything else :class:`StorageError` with the AWS code;
       codes in :data:`REGION_BROKEN` also quarantine the region;
     * transport failures, and answers nobody can parse, become :class:`RegionUnavailableError`;
-    * a ``TypeError`` passes through and botocore's ``ParamValidationError`` becomes
-      :class:`InvalidArgumentError`: both are refusals before sending, the call's fault, and
-      are not recorded against the region.
+    * :class:`LeanMisuseError` (a call the lean transport does not make) becomes a plain
+      ``TypeError`` and botocore's ``ParamValidationError`` :class:`InvalidArgumentError`:
+      both refuse before sending, and neither is recorded against the region. Any other
+      ``TypeError`` is an answer nobody can parse (a nested ``<Code>``, say).
 
     Messages name the region, bucket and operation (``what``), never object keys or URLs.
     """
@@ -125,11 +130,13 @@ class S3Errors:
             if code in REGION_BROKEN and not (self._object_read and code in OBJECT_SCOPED):
                 health.quarantine(region, "storage", f"{what} refused ({code})")
             return StorageError(f"{what} refused in {region}", code=code)
-        if isinstance(exc, TypeError):
-            return exc  # a call the router got wrong (wrong Python types): not the region's
+        if isinstance(exc, LeanMisuseError):
+            # A call the lean transport does not make: the router's bug, not the region's.
+            # A fresh error, so that nothing of an earlier attempt (its URL) rides along.
+            return TypeError(str(exc))
         if isinstance(exc, ParamValidationError):
-            # botocore's checks of the arguments, before sending: not the region's either.
-            # Its report quotes the values, and so perhaps a key: not repeated.
+            # botocore's checks of the arguments, before sending: not recorded against the
+            # region. Its report quotes the values, and so perhaps a key: not repeated.
             return InvalidArgumentError(f"{what}: the request was refused before sending")
         if isinstance(exc, NoCredentialsError):
             return StorageError(

@@ -55,6 +55,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from router._aws import LeanHttp
+from router._s3.errors import LeanMisuseError
 from router.errors import ConfigError, ResidencyViolationError
 
 if TYPE_CHECKING:
@@ -339,7 +340,7 @@ class LeanS3:
         if "ChecksumSHA256" not in params:
             # botocore would add a CRC32 checksum of its own (a header over http, a trailer
             # over https); the lean path sends only puts that carry their SHA-256.
-            raise TypeError("the lean transport sends PutObject with ChecksumSHA256 only")
+            raise LeanMisuseError("the lean transport sends PutObject with ChecksumSHA256 only")
         headers = self._headers(operation, Bucket, params)
         async with await self._send(operation, "PUT", Key, headers, Body) as response:
             return self._answer(operation, response, await _read(response, self._base_url))
@@ -390,7 +391,7 @@ class LeanS3:
                 continue
             where = known.get(name)
             if where is None:
-                raise TypeError(f"the lean transport does not send {name}")
+                raise LeanMisuseError(f"the lean transport does not send {name}")
             headers[where[0]] = where[1](value)
         return headers
 

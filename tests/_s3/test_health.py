@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ParamValidationError
+from botocore.exceptions import EndpointConnectionError, ParamValidationError
 
-from router._s3.errors import S3Errors
+from router._s3.errors import LeanMisuseError, S3Errors
 from router._s3.health import DEGRADED_FAILURE_RATE, HEALTH_WINDOW, HealthBook
 from router.errors import (
     InvalidArgumentError,
@@ -105,7 +106,7 @@ async def test_bad_headers_are_refused_before_sending_and_leave_health_alone(
     ("raised", "error"),
     [
         # What the lean transport raises for a parameter it does not send: the router's bug.
-        pytest.param(TypeError("the lean transport does not send X"), TypeError, id="type"),
+        pytest.param(LeanMisuseError("the lean transport does not send X"), TypeError, id="lean"),
         pytest.param(
             ParamValidationError(report="Invalid length for parameter Key, value: 0"),
             InvalidArgumentError,
@@ -123,6 +124,42 @@ def test_calls_refused_before_sending_are_not_held_against_the_region(
     assert "Invalid length" not in str(caught.value)  # botocore's report quotes values
     assert book.health(region).failure_rate == 0.0
     assert book.health(region).state == "ok"
+
+
+def test_a_type_error_from_an_answer_fails_the_region_and_names_no_key() -> None:
+    # botocore parses <Code><X/></Code> into a dict; the code checks then raise TypeError.
+    region = AwsRegion("eu-west-1")
+    book = HealthBook([region])
+    url = "http://127.0.0.1:9/bucket-eu/orgs/org-acme/files/secret-name.pdf"
+
+    def second_attempt() -> None:
+        try:
+            raise EndpointConnectionError(endpoint_url=url)  # the first attempt's failure
+        except EndpointConnectionError as first:
+            raise TypeError("unhashable type: 'dict'") from first
+
+    with pytest.raises(RegionUnavailableError) as caught, S3Errors(book, region, "PutObject"):
+        second_attempt()
+    assert "secret-name" not in "".join(traceback.format_exception(caught.value))
+    assert book.health(region).failure_rate == 1.0
+
+
+async def test_an_error_answer_with_a_nested_code_fails_the_region(key_arn_map: Path) -> None:
+    def nested(method: str, path: str) -> Reply:
+        body = b"<Error><Code><X>SlowDown</X></Code><Message>stub</Message></Error>"
+        return 503, {"Content-Type": "application/xml"}, body
+
+    with stub_server(nested) as stub:
+        async with ResidencyRouter.from_settings(
+            unverified(key_arn_map, stub.url, retry_max_attempts=2)
+        ) as router:
+            with pytest.raises(RegionUnavailableError, match="could not be read"):
+                await router.put("org-acme", "a.txt", b"x")
+            with pytest.raises(RegionUnavailableError, match="could not be read"):
+                await router.get("org-acme", "a.txt")
+            health = router.health()[Region.EU]
+            assert health.state == "degraded"
+            assert health.failure_rate == 1.0
 
 
 async def test_missing_bucket_quarantines_until_verify_passes_again(
