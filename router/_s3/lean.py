@@ -462,11 +462,17 @@ class LeanS3:
     ) -> dict[str, Any]:
         """Parse an answer as the client would, guard it, and raise what the client raises.
 
-        A success is read from aiohttp's parsed headers, each mapped to the field the model
-        names for it; ``HTTPHeaders`` is that (case-insensitive) mapping. An error is parsed by
-        botocore, from the headers as aiobotocore hands them over (a dict, lowercased).
+        The headers are read as aiobotocore hands them to botocore: one dict, names
+        lowercased, so of a repeated header the last value stands, for the redirect guard,
+        the checksum check and every field alike. ``HTTPHeaders`` is that dict (botocore's
+        is a lowercased copy of it). A success maps each header to the field the model names
+        for it; an error is parsed by botocore.
         """
         status = response.status
+        headers = {
+            name.decode("utf-8").lower(): value.decode("utf-8")
+            for name, value in response.raw_headers
+        }
         if status == 200 and body:
             # S3 can answer 200 with an <Error> body (or a body cut short): botocore turns
             # that into a 500 before parsing, so it is retried, not taken for a success.
@@ -474,10 +480,6 @@ class LeanS3:
             _HANDLE_200_ERROR(operation.model, answer)
             status = answer["status_code"]
         if status >= 300:
-            headers = {
-                name.decode("utf-8").lower(): value.decode("utf-8")
-                for name, value in response.raw_headers
-            }
             error: dict[str, Any] = self._parser.parse(
                 {"headers": headers, "status_code": status, "body": body or b""},
                 operation.output_shape,
@@ -485,30 +487,27 @@ class LeanS3:
             self._guard(response=(_Status(status), error), operation=operation.model)
             code = error.get("Error", {}).get("Code")
             raise self._client.exceptions.from_code(code)(error, operation.model.name)
-        found = response.headers
         parsed: dict[str, Any] = {
             "ResponseMetadata": {
-                "RequestId": found.get("x-amz-request-id", ""),
-                "HostId": found.get("x-amz-id-2", ""),
+                "RequestId": headers.get("x-amz-request-id", ""),
+                "HostId": headers.get("x-amz-id-2", ""),
                 "HTTPStatusCode": status,
-                "HTTPHeaders": found,
+                "HTTPHeaders": headers,
                 "RetryAttempts": 0,
             }
         }
         self._guard(response=(_Status(status), parsed), operation=operation.model)
         # One pass over the headers that came (about ten), not one lookup per header the
-        # model names (over twenty). Of a repeated header the last value stands, as in the
-        # dict aiobotocore hands botocore's parser.
+        # model names (over twenty).
         known = operation.headers_out
         meta_prefix = operation.meta_out
         metadata: dict[str, str] = {}
-        for name, value in found.items():
-            lname = name.lower()
-            field = known.get(lname)
+        for name, value in headers.items():
+            field = known.get(name)
             if field is not None:
                 parsed[field[0]] = field[1](value)
-            elif meta_prefix and lname.startswith(meta_prefix):
-                metadata[lname[len(meta_prefix) :]] = value
+            elif meta_prefix and name.startswith(meta_prefix):
+                metadata[name[len(meta_prefix) :]] = value
         if meta_prefix:
             parsed["Metadata"] = metadata
         return parsed
