@@ -36,27 +36,13 @@ from router.hardening import (
 from router.orgs import dynamodb_item
 from router.regions import RegionConfig, RegionMap
 from router.routing import ResidencyRouter
-from router.testing._moto import (
-    DUMMY_CREDENTIALS,
-    LocalS3Process,
-    LocalS3Server,
-    changes_configuration,
-    isolated_aws_environment,
-    local_client,
-)
+from router.testing._moto import DUMMY_CREDENTIALS as DUMMY_CREDENTIALS
+from router.testing._moto import LocalS3Process as LocalS3Process
+from router.testing._moto import LocalS3Server as LocalS3Server
+from router.testing._moto import changes_configuration as changes_configuration
+from router.testing._moto import isolated_aws_environment as isolated_aws_environment
+from router.testing._moto import local_client as local_client
 from router.types import KEY_ROOT, DataClass, OrgResidency, Region
-
-__all__ = [
-    "DUMMY_CREDENTIALS",
-    "LocalS3Process",
-    "LocalS3Server",
-    "ResidencyWorld",
-    "SessionWorld",
-    "changes_configuration",
-    "isolated_aws_environment",
-    "local_client",
-    "local_s3_server",
-]
 
 
 @dataclass
