@@ -17,7 +17,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from moto.server import ThreadedMotoServer
 
@@ -61,7 +61,32 @@ def _defer_symmetric_private_keys() -> None:
     kms_models.generate_private_key = generate  # type: ignore[attr-defined]
 
 
-class LocalS3Server:
+class _MotoEndpoint:
+    """What both local servers share: an endpoint URL, moto's reset, a ``with`` block."""
+
+    endpoint_url: str
+
+    def start(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget every bucket, key and table (moto's reset API)."""
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LocalS3Server(_MotoEndpoint):
     """moto's threaded server on 127.0.0.1, on ``port`` (0: a free one), quiet by default."""
 
     def __init__(self, port: int = 0) -> None:
@@ -78,22 +103,9 @@ class LocalS3Server:
         self.endpoint_url = f"http://{host}:{port}"
         return self.endpoint_url
 
-    def reset(self) -> None:
-        """Forget every bucket, key and table (moto's reset API)."""
-        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            response.read()
-
     def stop(self) -> None:
         """Stop the server."""
         self._server.stop()
-
-    def __enter__(self) -> LocalS3Server:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 _CHANGES_PATH = "/_residency/configuration-changes"
@@ -202,7 +214,7 @@ def serve_counting_moto() -> None:
     server.shutdown()
 
 
-class LocalS3Process:
+class LocalS3Process(_MotoEndpoint):
     """A moto server on 127.0.0.1 in a child process, counting configuration changes.
 
     Its state is its own: ``LocalS3Server.reset`` in the test process leaves it alone. It
@@ -246,12 +258,6 @@ class LocalS3Process:
         with urllib.request.urlopen(self.endpoint_url + _CHANGES_PATH, timeout=10) as response:
             return int(response.read())
 
-    def reset(self) -> None:
-        """Forget every bucket, key and table (moto's reset API)."""
-        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            response.read()
-
     def stop(self) -> None:
         """Stop the child process."""
         process, self._process = self._process, None
@@ -266,13 +272,6 @@ class LocalS3Process:
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
-
-    def __enter__(self) -> LocalS3Process:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # boto3 clients are slow to make and hold no state of a world: share them per endpoint.
