@@ -68,6 +68,7 @@ KEYS = (
     "orgs/org-acme/files/~tilde/x~y",
     "orgs/org-acme/files/unicodé/日本語-ü.txt",
     "orgs/org-acme/files/100%25 done%.txt",
+    "orgs/org-acme/files/what?x=1&y#part",  # a query and a fragment, if left unencoded
     # The router refuses these segments; LeanS3 itself must still not normalise them away.
     "orgs/org-acme/files/a/./b/../c//d",
 )
@@ -805,6 +806,30 @@ async def test_lean_reads_an_answer_as_botocore_reads_it_repeated_headers_too() 
     assert read["lean"][0]["ResponseMetadata"]["HTTPHeaders"]["x-amz-bucket-region"] == EU
     assert read["lean"][0]["SSEKMSKeyId"] == KMS_KEY
     assert read["lean"][0]["Metadata"] == {"note": "second", "other": "kept"}
+
+
+@pytest.mark.parametrize("content_type", [None, "text/csv"])
+async def test_lean_put_sends_the_content_type_botocore_sends_and_no_other(
+    content_type: str | None,
+) -> None:
+    # aiohttp would label a bytes body application/octet-stream; botocore sends what the
+    # caller names, or no Content-Type at all (S3 then stores its default).
+    with stub_server(lambda method, path: (200, {"ETag": '"abc"'}, b"")) as stub:
+        session = new_aio_session()
+        session.set_credentials(*CREDENTIALS["long-term"][:2])
+        transport = Transport(endpoint_url=stub.url)
+        named = {"ContentType": content_type} if content_type else {}
+        async with (
+            open_aio_client(session, "s3", EU, transport, bucket=BUCKET) as client,
+            lean_beside(client, session, transport) as lean,
+        ):
+            for sender in (client, lean):
+                await sender.put_object(
+                    Bucket=BUCKET, Key="k", Body=BODY, ChecksumSHA256=BODY_SHA256, **named
+                )
+    botocore_sent, lean_sent = stub.headers
+    assert lean_sent.get("content-type") == botocore_sent.get("content-type") == content_type
+    assert lean_sent["content-length"] == botocore_sent["content-length"] == str(len(BODY))
 
 
 def stored_object_headers(kms_key: str, sha256_b64: str) -> dict[str, str]:
