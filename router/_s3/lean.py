@@ -24,10 +24,11 @@ on aiobotocore.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiobotocore.httpchecksum import handle_checksum_body
@@ -150,6 +151,50 @@ class _Signer(S3SigV4Auth):
         signature: str = sign(k_signing, string_to_sign, hex=True)
         return signature
 
+    def add_auth(self, request: Any) -> None:
+        """The steps of botocore's ``add_auth``, in its order, without its four debug-log calls.
+
+        botocore logs the canonical request and the string to sign at DEBUG level: both name
+        the object's key, which the router never logs. The clock is botocore's
+        (``botocore.auth.get_current_datetime``, read per request, as botocore reads it).
+        """
+        if self.credentials is None:
+            raise NoCredentialsError()
+        signer: Any = self  # botocore's attributes, not all in its type stubs
+        now = botocore_auth.get_current_datetime()  # type: ignore[attr-defined]
+        request.context["timestamp"] = now.strftime(botocore_auth.SIGV4_TIMESTAMP)
+        signer._modify_request_before_signing(request)
+        canonical_request = self.canonical_request(request)
+        string_to_sign = self.string_to_sign(request, canonical_request)
+        signature = self.signature(string_to_sign, request)
+        signer._inject_signature_to_request(request, signature)
+
+    def canonical_request(self, request: Any) -> str:
+        """The canonical request as botocore builds it, with the path and query already known.
+
+        botocore splits the URL twice per request (for the path, then for the query); a
+        lean URL is the bucket's URL (no query, checked once by :func:`bucket_url`) plus a
+        percent-encoded key (no ``?`` or ``#`` left), so its path is the bucket's path plus
+        that key, and its query is empty. The rest is botocore's own steps, in its order.
+        """
+        signer: Any = self  # botocore's attributes, not all in its type stubs
+        headers_to_sign = self.headers_to_sign(request)
+        headers = request.headers
+        if "X-Amz-Content-SHA256" in headers:
+            body_checksum = headers["X-Amz-Content-SHA256"]
+        else:
+            body_checksum = signer.payload(request)
+        return "\n".join(
+            [
+                request.method.upper(),
+                signer._normalize_url_path(request.path),
+                "",
+                self.canonical_headers(headers_to_sign) + "\n",
+                self.signed_headers(headers_to_sign),
+                body_checksum,
+            ]
+        )
+
     def canonical_headers(self, headers_to_sign: Any) -> str:
         header_map: _HeaderMap = headers_to_sign
         signer: Any = self  # botocore's attributes, not all in its type stubs
@@ -178,13 +223,14 @@ class _Signer(S3SigV4Auth):
 class _SigningRequest:
     """What botocore's signer reads and writes of a request (``AWSRequest``'s attributes)."""
 
-    __slots__ = ("body", "context", "header_map", "headers", "method", "params", "url")
+    __slots__ = ("body", "context", "header_map", "headers", "method", "params", "path", "url")
 
     def __init__(
-        self, method: str, url: str, headers: CIMultiDict[str], body: bytes | None
+        self, method: str, url: str, path: str, headers: CIMultiDict[str], body: bytes | None
     ) -> None:
         self.method = method
         self.url = url
+        self.path = path  # the URL's path (``urlsplit(url).path``), known when it was made
         self.headers = headers
         self.body = body
         self.params: dict[str, str] = {}
@@ -281,6 +327,7 @@ class LeanS3:
     """
 
     __slots__ = (
+        "_base_path",
         "_base_url",
         "_bucket",
         "_client",
@@ -314,6 +361,7 @@ class LeanS3:
         self._bucket = bucket
         self._base_url = base_url
         self._host: str = _HOST_FROM_URL(base_url)
+        self._base_path: str = urlsplit(base_url).path
         self._keys: dict[tuple[str, str], bytes] = {}
         self._guard = guard
         self._config = client.meta.config
@@ -342,24 +390,36 @@ class LeanS3:
             # over https); the lean path sends only puts that carry their SHA-256.
             raise LeanMisuseError("the lean transport sends PutObject with ChecksumSHA256 only")
         headers = self._headers(operation, Bucket, params)
-        async with await self._send(operation, "PUT", Key, headers, Body) as response:
-            return self._answer(operation, response, await _read(response, self._base_url))
+        sending = self._signed(operation, "PUT", Key, headers, Body, await self._frozen())
+        with _Translated(self._base_url):
+            response = await sending
+        async with response:
+            with _Translated(self._base_url, reading=True):
+                body = await response.read()
+            return self._answer(operation, response, body)
 
     async def head_object(self, *, Bucket: str, Key: str, **params: Any) -> Any:  # noqa: N803
         operation = self._operations["HeadObject"]
         params = {**operation.defaults, **params}
         headers = self._headers(operation, Bucket, params)
-        async with await self._send(operation, "HEAD", Key, headers, None) as response:
+        sending = self._signed(operation, "HEAD", Key, headers, None, await self._frozen())
+        with _Translated(self._base_url):
+            response = await sending
+        async with response:
             return self._answer(operation, response, b"")
 
     async def get_object(self, *, Bucket: str, Key: str, **params: Any) -> Any:  # noqa: N803
         operation = self._operations["GetObject"]
         params = {**operation.defaults, **params}
         headers = self._headers(operation, Bucket, params)
-        response = await self._send(operation, "GET", Key, headers, None)
+        sending = self._signed(operation, "GET", Key, headers, None, await self._frozen())
+        with _Translated(self._base_url):
+            response = await sending
         try:
             if response.status >= 300:
-                return self._answer(operation, response, await _read(response, self._base_url))
+                with _Translated(self._base_url, reading=True):
+                    body = await response.read()
+                return self._answer(operation, response, body)
             parsed = self._answer(operation, response, None)
             raw: Any = response  # aiobotocore's bodies wrap the aiohttp response itself
             answer = {"headers": parsed["ResponseMetadata"]["HTTPHeaders"], "context": {}}
@@ -395,57 +455,49 @@ class LeanS3:
             headers[where[0]] = where[1](value)
         return headers
 
-    async def _send(
+    def _frozen(self) -> Awaitable[Any]:
+        """The session's credentials as of now (await them; refreshed as botocore refreshes)."""
+        credentials = self._credentials
+        if credentials is None:
+            raise NoCredentialsError()
+        frozen: Awaitable[Any] = credentials.get_frozen_credentials()
+        return frozen
+
+    def _signed(
         self,
         operation: _Operation,
         method: str,
         key: str,
         headers: CIMultiDict[str],
         body: bytes | None,
-    ) -> aiohttp.ClientResponse:
+        credentials: Any,
+    ) -> Awaitable[aiohttp.ClientResponse]:
+        """Sign one request and return aiohttp's request for it: await it in :class:`_Translated`.
+
+        A plain function, not a coroutine: the operation awaits aiohttp's request itself, one
+        coroutine less in flight per request. What it raises (an empty key) is raised before
+        anything is sent, untranslated.
+        """
         if not key:
             # As botocore's parameter validation: an empty key would address the bucket.
             raise ParamValidationError(
                 report="Invalid length for parameter Key, value: 0, valid min length: 1"
             )
-        url = self._base_url + percent_encode(key, safe="/~")
-        credentials = self._credentials
-        if credentials is None:
-            raise NoCredentialsError()
-        frozen = await credentials.get_frozen_credentials()
-        request: Any = _SigningRequest(method, url, headers, body)
+        encoded_key = percent_encode(key, safe="/~")
+        url = self._base_url + encoded_key
+        request: Any = _SigningRequest(method, url, self._base_path + encoded_key, headers, body)
         request.context["client_config"] = self._config
         request.context["has_streaming_input"] = body is not None
-        _Signer(frozen, self._region, self._host, self._keys).add_auth(request)
+        _Signer(credentials, self._region, self._host, self._keys).add_auth(request)
         signed = request.headers
         if self._handlers:
             self._emit(operation, method, url, signed, body)
         signed["User-Agent"] = self._http.user_agent
         signed["Accept-Encoding"] = "identity"
-        where = self._base_url  # what errors name: the bucket's URL, never an object's key
-        try:
-            response: aiohttp.ClientResponse = await self._http.request(
-                method, URL(url, encoded=True), headers=signed, data=body
-            )
-            return response
-        except aiohttp.ClientSSLError as exc:
-            raise SSLError(endpoint_url=where, error=exc) from None
-        except (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError) as exc:
-            raise ProxyConnectionError(proxy_url="(the configured proxy)", error=exc) from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            raise ConnectionClosedError(endpoint_url=where, error=exc) from None
-        except aiohttp.ServerTimeoutError as exc:
-            if str(exc).lower().startswith("connect"):
-                raise ConnectTimeoutError(endpoint_url=where, error=exc) from None
-            raise ReadTimeoutError(endpoint_url=where, error=exc) from None
-        except (aiohttp.ClientConnectionError, socket.gaierror) as exc:
-            raise EndpointConnectionError(endpoint_url=where, error=exc) from None
-        except TimeoutError as exc:
-            raise ReadTimeoutError(endpoint_url=where, error=exc) from None
-        except aiohttp.ClientError as exc:
-            raise HTTPClientError(error=exc) from None
-        except Exception as exc:  # as aiobotocore: whatever else sending raised
-            raise HTTPClientError(error=exc) from None
+        sending: Awaitable[aiohttp.ClientResponse] = self._http.request(
+            method, URL(url, encoded=True), headers=signed, data=body
+        )
+        return sending
 
     def _emit(
         self, operation: _Operation, method: str, url: str, headers: Any, body: bytes | None
@@ -513,14 +565,61 @@ class LeanS3:
         return parsed
 
 
-async def _read(response: aiohttp.ClientResponse, where: str) -> bytes:
-    """A short answer's body; a connection that breaks off is what aiobotocore says it is."""
-    try:
-        return await response.read()
-    except aiohttp.ServerTimeoutError as exc:
-        raise ReadTimeoutError(endpoint_url=where, error=exc) from None
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-        raise ConnectionClosedError(endpoint_url=where, error=exc) from None
+class _Translated:
+    """Turns what aiohttp raises while sending, or reading an answer, into what aiobotocore raises.
+
+    Errors name ``where``, the bucket's URL, never an object's key. Around the await of a
+    request (or, with ``reading``, of a short answer's body): a cancellation and any other
+    ``BaseException`` pass as they are.
+    """
+
+    __slots__ = ("_reading", "_where")
+
+    def __init__(self, where: str, *, reading: bool = False) -> None:
+        self._where = where
+        self._reading = reading
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or not isinstance(exc, Exception):
+            return
+        if self._reading:
+            reading = _reading_error(exc, self._where)
+            if reading is None:
+                return
+            raise reading from None
+        raise _sending_error(exc, self._where) from None
+
+
+def _reading_error(exc: Exception, where: str) -> Exception | None:
+    """What aiobotocore raises when a short answer's body breaks off (None: leave it)."""
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return ReadTimeoutError(endpoint_url=where, error=exc)
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientConnectionError):
+        return ConnectionClosedError(endpoint_url=where, error=exc)
+    return None
+
+
+def _sending_error(exc: Exception, where: str) -> Exception:
+    """What aiobotocore raises for what sending a request raised."""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return SSLError(endpoint_url=where, error=exc)
+    if isinstance(exc, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
+        return ProxyConnectionError(proxy_url="(the configured proxy)", error=exc)
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return ConnectionClosedError(endpoint_url=where, error=exc)
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        if str(exc).lower().startswith("connect"):
+            return ConnectTimeoutError(endpoint_url=where, error=exc)
+        return ReadTimeoutError(endpoint_url=where, error=exc)
+    if isinstance(exc, aiohttp.ClientConnectionError | socket.gaierror):
+        return EndpointConnectionError(endpoint_url=where, error=exc)
+    if isinstance(exc, TimeoutError):
+        return ReadTimeoutError(endpoint_url=where, error=exc)
+    # aiohttp.ClientError, and as aiobotocore: whatever else sending raised.
+    return HTTPClientError(error=exc)
 
 
 class _Raw:
@@ -554,7 +653,7 @@ async def bucket_url(client: Any, bucket: str) -> str:
     finally:
         client.meta.events.unregister(event, unique_id=unique_id)
     base, _, query = str(url).partition("?")
-    if query or not base.endswith("/" + PROBE_KEY):
+    if query or "#" in base or not base.endswith("/" + PROBE_KEY):
         raise ResidencyViolationError(
             f"could not resolve the endpoint of bucket {bucket}; nothing was sent"
         )
