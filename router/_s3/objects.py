@@ -123,7 +123,7 @@ class ObjectStore:
 
     # -- writes -------------------------------------------------------------------------
 
-    async def put(
+    def put(
         self,
         place: Placement,
         key: str,
@@ -133,12 +133,15 @@ class ObjectStore:
         content_type: str | None = None,
         metadata: Mapping[str, str] | None = None,
         before_commit: Callable[[], Awaitable[None]] | None = None,
-    ) -> PutResult:
+    ) -> Coroutine[Any, Any, PutResult]:
         """Write one object under the placement's key; multipart above the threshold.
 
         ``before_commit`` runs right before the request that makes the object exist (the
         PutObject of a body that had to be read first, or CompleteMultipartUpload); what it
         raises stops the write with nothing kept. A small in-memory body is sent at once.
+
+        A plain function returning the write (await it): a small in-memory body's write is
+        its one PutObject, one coroutine less in flight per put.
 
         Raises:
             TypeError: the body is not bytes-like, a binary file or an iterable of bytes.
@@ -156,7 +159,20 @@ class ObjectStore:
         if type(body) is bytes and len(body) <= min(threshold, HASH_OFF_LOOP_BYTES):
             # Small in-memory bodies (most of them): one hash, one PutObject.
             sha = hashlib.sha256(body).hexdigest()
-            return await self._put_single(client, place, key, body, sha, extra)
+            return self._put_single(client, place, key, body, sha, extra)
+        return self._put_read(client, place, key, body, extra, before_commit)
+
+    async def _put_read(
+        self,
+        client: S3Client,
+        place: Placement,
+        key: str,
+        body: Body,
+        extra: dict[str, Any],
+        before_commit: Callable[[], Awaitable[None]] | None,
+    ) -> PutResult:
+        """Write a body that is read first: one PutObject up to the threshold, else multipart."""
+        threshold = self._settings.multipart_threshold
         if isinstance(body, bytes | bytearray | memoryview):
             chunks = Chunks(None)
             # A mutable buffer is copied so the caller cannot change it mid-upload.
