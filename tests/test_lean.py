@@ -42,7 +42,7 @@ from router._aws import (
     open_lean_http,
     redirect_guard,
 )
-from router._s3.lean import LeanS3, bucket_url
+from router._s3.lean import LeanS3, _sigv4_timestamp, bucket_url
 from router.config import RouterSettings
 from router.errors import RegionUnavailableError, ResidencyError, ResidencyViolationError
 from router.regions import RegionMap
@@ -317,6 +317,20 @@ async def test_lean_request_is_signed_exactly_as_botocore_signs_it(
         assert lean_request.headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
         assert lean_request.headers.get("X-Amz-Security-Token") == token
         assert ("x-amz-security-token" in signed_names) == (token is not None)
+
+
+@pytest.mark.parametrize(
+    "now",
+    [
+        FROZEN,
+        datetime.datetime(2026, 12, 31, 23, 59, 59, 999999),
+        datetime.datetime(2027, 1, 1, 0, 0, 0),
+        datetime.datetime(2026, 3, 1, 7, 5, 9, tzinfo=datetime.UTC),  # an aware clock
+        datetime.datetime(999, 1, 2, 3, 4, 5),  # a year of three digits
+    ],
+)
+def test_lean_timestamp_is_botocores_format_of_the_same_clock(now: datetime.datetime) -> None:
+    assert _sigv4_timestamp(now) == now.strftime(botocore.auth.SIGV4_TIMESTAMP)
 
 
 @pytest.mark.usefixtures("frozen_clock")
