@@ -16,7 +16,7 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -95,8 +95,7 @@ def http_range(start: int | None, end: int | None) -> str | None:
     return f"bytes={first}-" if end is None else f"bytes={first}-{end - 1}"
 
 
-@dataclass(frozen=True, slots=True)
-class PutResult:
+class PutResult(NamedTuple):
     """What a write produced."""
 
     version_id: str | None
@@ -217,9 +216,10 @@ class ObjectStore:
                 Key=key, Body=data, ChecksumSHA256=checksum, **self._encryption(place), **extra
             ),
         )
-        version = response.get("VersionId")
-        await confirm_encryption(self._clients, place, key, response)
-        return PutResult(version, sha256_hex)
+        if encryption_problem(response, place.kms_key_arn) is not None:
+            # Not named in the answer, or not the region's key: a HEAD, or the removal.
+            await confirm_encryption(self._clients, place, key, response)
+        return PutResult(response.get("VersionId"), sha256_hex)
 
     # -- reads --------------------------------------------------------------------------
 
