@@ -150,7 +150,8 @@ def checked_key(org_id: object, key: object, data_class: object) -> tuple[OrgId,
     if org_id.__class__ is str and key.__class__ is str:
         full = plain_object_key(org_id, cls, key)
         if full is not None:
-            return OrgId(org_id), cls, full
+            org: OrgId = org_id  # type: ignore[assignment]  # checked: an OrgId (no call)
+            return org, cls, full
     org = parse_org_id(org_id)
     if not isinstance(key, str):
         raise TypeError(f"object key must be a str, got {type(key).__name__}")
