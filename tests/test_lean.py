@@ -30,7 +30,7 @@ import yaml
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from botocore.exceptions import ClientError, ParamValidationError
+from botocore.exceptions import ClientError, NoCredentialsError, ParamValidationError
 from yarl import URL
 
 from router._aws import (
@@ -394,6 +394,13 @@ async def test_lean_refuses_an_empty_key_as_botocore_does_sending_nothing(
         for sender in (client, lean):
             with pytest.raises(ParamValidationError, match="Key"):
                 await getattr(sender, method_name)(Bucket=BUCKET, Key="", **params)
+        # Refused before the credentials are read (a refresh could reach the network, or
+        # fail and hide what was wrong): the same error with none to read.
+        lean._credentials = None
+        with pytest.raises(ParamValidationError, match="Key"):
+            await getattr(lean, method_name)(Bucket=BUCKET, Key="", **params)
+        with pytest.raises(NoCredentialsError):
+            await getattr(lean, method_name)(Bucket=BUCKET, Key="k", **params)
     assert sent == []
 
 
@@ -646,6 +653,19 @@ async def test_lean_put_sends_the_body_checksum_and_region_key(
     head = residency_world.s3("eu").head_object(Bucket=BUCKET, Key=f"orgs/{ORG}/files/sum.bin")
     assert head["SSEKMSKeyId"] == residency_world.key_arn("eu")
     assert head["ContentLength"] == len(BODY)
+
+
+async def test_put_whose_region_is_quarantined_while_it_runs_is_not_reported_written(
+    lean_router: ResidencyRouter,
+) -> None:
+    # Another request finds a violation in the region while this put is on the wire: the
+    # put's confirmation step admits the region again, and refuses.
+    def quarantine(request: Any, **_: Any) -> None:
+        lean_router.storage.health.quarantine(EU, "violation", "staged by this test")
+
+    lean_router.storage.register("before-send.s3.PutObject", quarantine)
+    with pytest.raises(ResidencyViolationError, match="quarantined"):
+        await lean_router.put(ORG, "late.txt", b"late")
 
 
 def with_key_arns(world: ResidencyWorld, tmp_path: Path) -> Path:

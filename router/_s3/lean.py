@@ -409,7 +409,8 @@ class LeanS3:
             # over https); the lean path sends only puts that carry their SHA-256.
             raise LeanMisuseError("the lean transport sends PutObject with ChecksumSHA256 only")
         headers = self._headers(operation, Bucket, params)
-        sending = self._signed(operation, "PUT", Key, headers, Body, await self._frozen())
+        encoded_key = _encoded_key(Key)  # an empty key is refused before anything else
+        sending = self._signed(operation, "PUT", encoded_key, headers, Body, await self._frozen())
         with _Translated(self._base_url):
             response = await sending
         async with response:
@@ -421,7 +422,8 @@ class LeanS3:
         operation = self._operations["HeadObject"]
         params = {**operation.defaults, **params}
         headers = self._headers(operation, Bucket, params)
-        sending = self._signed(operation, "HEAD", Key, headers, None, await self._frozen())
+        encoded_key = _encoded_key(Key)  # an empty key is refused before anything else
+        sending = self._signed(operation, "HEAD", encoded_key, headers, None, await self._frozen())
         with _Translated(self._base_url):
             response = await sending
         async with response:
@@ -431,7 +433,8 @@ class LeanS3:
         operation = self._operations["GetObject"]
         params = {**operation.defaults, **params}
         headers = self._headers(operation, Bucket, params)
-        sending = self._signed(operation, "GET", Key, headers, None, await self._frozen())
+        encoded_key = _encoded_key(Key)  # an empty key is refused before anything else
+        sending = self._signed(operation, "GET", encoded_key, headers, None, await self._frozen())
         with _Translated(self._base_url):
             response = await sending
         try:
@@ -486,7 +489,7 @@ class LeanS3:
         self,
         operation: _Operation,
         method: str,
-        key: str,
+        encoded_key: str,
         headers: CIMultiDict[str],
         body: bytes | None,
         credentials: Any,
@@ -494,15 +497,8 @@ class LeanS3:
         """Sign one request and return aiohttp's request for it: await it in :class:`_Translated`.
 
         A plain function, not a coroutine: the operation awaits aiohttp's request itself, one
-        coroutine less in flight per request. What it raises (an empty key) is raised before
-        anything is sent, untranslated.
+        coroutine less in flight per request. ``encoded_key`` is :func:`_encoded_key`'s.
         """
-        if not key:
-            # As botocore's parameter validation: an empty key would address the bucket.
-            raise ParamValidationError(
-                report="Invalid length for parameter Key, value: 0, valid min length: 1"
-            )
-        encoded_key = percent_encode(key, safe="/~")
         url = self._base_url + encoded_key
         request: Any = _SigningRequest(method, url, self._base_path + encoded_key, headers, body)
         request.context["client_config"] = self._config
@@ -582,6 +578,21 @@ class LeanS3:
         if meta_prefix:
             parsed["Metadata"] = metadata
         return parsed
+
+
+def _encoded_key(key: str) -> str:
+    """The key as it goes into the URL (and the signed path), refused first if empty.
+
+    Raises:
+        ParamValidationError: an empty key, as botocore's parameter validation refuses it
+            (it would address the bucket), before credentials are even read.
+    """
+    if not key:
+        raise ParamValidationError(
+            report="Invalid length for parameter Key, value: 0, valid min length: 1"
+        )
+    encoded: str = percent_encode(key, safe="/~")
+    return encoded
 
 
 class _Translated:

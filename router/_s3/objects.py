@@ -216,9 +216,7 @@ class ObjectStore:
                 Key=key, Body=data, ChecksumSHA256=checksum, **self._encryption(place), **extra
             ),
         )
-        if encryption_problem(response, place.kms_key_arn) is not None:
-            # Not named in the answer, or not the region's key: a HEAD, or the removal.
-            await confirm_encryption(self._clients, place, key, response)
+        await confirm_encryption(self._clients, place, key, response)
         return PutResult(response.get("VersionId"), sha256_hex)
 
     # -- reads --------------------------------------------------------------------------
