@@ -29,14 +29,16 @@ def fast_settings(world: ResidencyWorld, **overrides: Any) -> Any:
     """Settings whose waits are short: a 1-second cache and an 8.5-second longest request.
 
     Short, not tight: on a loaded machine the test's event loop can stall for half a second
-    and moto (in this process) can take seconds to answer a put while a move copies; a
-    connect or read timed out then is an outage the test did not mean to stage.
+    and moto (in this process) can take seconds to answer a put, or a directory write,
+    while a move copies; a connect or read timed out then is an outage the test did not
+    mean to stage. (CI once timed out the move's directory write at 1.5 s while a 6 MiB
+    multipart object was copied; 3 s makes each scheduled change 7.2 s ahead, not 4.2.)
     """
     values: dict[str, Any] = {
         "directory_table": TABLE,
         "cache_ttl_s": 1.0,
         "clock_skew_s": 0.2,
-        "directory_timeout_s": 1.5,
+        "directory_timeout_s": 3.0,
         "retry_deadline_s": 2.0,
         "connect_timeout_s": 1.5,
         "read_timeout_s": 5.0,
