@@ -145,9 +145,15 @@ class ResidencyRouter(OrgAdmin):
         decision = self._warm_put(org_id, key, data_class, metadata, content_type)
         if decision is not None:
             return decision
-        wiring = self._open()
+        return await self._cold_put(org_id, key, data_class)
+
+    async def _cold_put(self, org_id: str, key: str, data_class: DataClass | str) -> WriteDecision:
+        """The decision of a put whose :meth:`_warm_put` found no cached record.
+
+        Its checks passed there; the record is resolved through the directory here.
+        """
         org, cls, full = checked_key(org_id, key, data_class)
-        return _decided_put(await wiring.resolver.resolve(org), cls, key, full)
+        return _decided_put(await self._open().resolver.resolve(org), cls, key, full)
 
     async def put(
         self,
@@ -183,7 +189,7 @@ class ResidencyRouter(OrgAdmin):
                 check_body(body)
             decision = self._warm_put(org_id, key, data_class, metadata, content_type)
             if decision is None:
-                decision = await self._plan_put(org_id, key, data_class, metadata, content_type)
+                decision = await self._cold_put(org_id, key, data_class)
             place = decision.placement
             op.at(place.region, decision.data_class, decision.key)
             op.acting()
