@@ -26,13 +26,16 @@ MiB = 1024 * 1024
 
 
 def fast_settings(world: ResidencyWorld, **overrides: Any) -> Any:
-    """Settings whose waits are short: a 1-second cache and an 8.5-second longest request.
+    """Settings whose waits are short: a 1-second cache and a 10-second longest request.
 
-    Short, not tight: on a loaded machine the test's event loop can stall for half a second
-    and moto (in this process) can take seconds to answer a put, or a directory write,
-    while a move copies; a connect or read timed out then is an outage the test did not
-    mean to stage. (CI once timed out the move's directory write at 1.5 s while a 6 MiB
-    multipart object was copied; 3 s makes each scheduled change 7.2 s ahead, not 4.2.)
+    Short, not tight: on a loaded machine the test's event loop can stall for a second or
+    more (moto answers in threads of this process, which take the GIL from it while a move
+    copies), and moto can take seconds to answer a put or a directory write; a connect or
+    read timed out then is an outage the test did not mean to stage. CI once timed out the
+    move's directory write at 1.5 s while a 6 MiB multipart object was copied (3 s makes
+    each scheduled change 7.2 s ahead, not 4.2), and once a copy's connect at 1.5 s while
+    an 11 MiB object was copied and a second router wrote: a loopback connect is answered
+    by the kernel, so only a loop that did not run for 1.5 s times it out.
     """
     values: dict[str, Any] = {
         "directory_table": TABLE,
@@ -40,7 +43,7 @@ def fast_settings(world: ResidencyWorld, **overrides: Any) -> Any:
         "clock_skew_s": 0.2,
         "directory_timeout_s": 3.0,
         "retry_deadline_s": 2.0,
-        "connect_timeout_s": 1.5,
+        "connect_timeout_s": 3.0,
         "read_timeout_s": 5.0,
         "multipart_threshold": 5 * MiB,
         "multipart_part_size": 5 * MiB,
