@@ -25,6 +25,7 @@ from router.routing import ResidencyRouter
 OPERATIONS = 3000
 PARTS = (
     ("router: lean transport", "/router/_s3/lean.py"),
+    ("router: lean transport", "/router/_s3/sigv4.py"),
     ("router: the rest (policy, cache, audit, retry, errors)", "/router/"),
     ("botocore signer", "/botocore/auth.py"),
     ("botocore: other (checksum, parser, utils)", "/botocore/"),

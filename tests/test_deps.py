@@ -90,7 +90,7 @@ def test_the_plugin_does_not_use_cloudformation() -> None:
         assert "cloudformation" not in source.read_text(encoding="utf-8").lower(), source.name
 
 
-# -- internals the lean transport (router/_s3/lean.py, router/_aws.py) relies on ------------
+# -- internals the lean transport (router/_s3/lean.py, sigv4.py, router/_aws.py) relies on -
 
 
 @pytest.mark.parametrize(
@@ -138,9 +138,9 @@ def test_botocores_host_rule_still_exists_and_drops_default_ports(url: str, host
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    from router._s3 import lean
+    from router._s3 import sigv4
 
-    assert lean._HOST_FROM_URL is botocore_auth._host_from_url  # type: ignore[attr-defined]
+    assert sigv4.HOST_FROM_URL is botocore_auth._host_from_url  # type: ignore[attr-defined]
     assert botocore_auth._host_from_url(url) == host  # type: ignore[attr-defined]
     signer = botocore_auth.S3SigV4Auth(Credentials("a", "b"), "s3", "eu-west-1")
     assert signer.headers_to_sign(AWSRequest("GET", url))["host"] == host

@@ -42,7 +42,8 @@ from router._aws import (
     open_lean_http,
     redirect_guard,
 )
-from router._s3.lean import LeanS3, _sigv4_timestamp, bucket_url
+from router._s3.lean import LeanS3, bucket_url
+from router._s3.sigv4 import sigv4_timestamp
 from router.config import RouterSettings
 from router.errors import RegionUnavailableError, ResidencyError, ResidencyViolationError
 from router.regions import RegionMap
@@ -330,7 +331,7 @@ async def test_lean_request_is_signed_exactly_as_botocore_signs_it(
     ],
 )
 def test_lean_timestamp_is_botocores_format_of_the_same_clock(now: datetime.datetime) -> None:
-    assert _sigv4_timestamp(now) == now.strftime(botocore.auth.SIGV4_TIMESTAMP)
+    assert sigv4_timestamp(now) == now.strftime(botocore.auth.SIGV4_TIMESTAMP)
 
 
 @pytest.mark.usefixtures("frozen_clock")
