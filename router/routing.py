@@ -2,61 +2,44 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from functools import partial
 from types import MappingProxyType
-from typing import Any, TypeVar
 
 from router import _startup
 from router._admin import OrgAdmin
+from router._listing import Listings
+from router._processing import ProcessingOps
 from router._resolve import Resolved, checked_key
 from router._s3.bodies import Body, check_body
 from router._s3.objects import StoredObject as _Found
 from router._s3.objects import http_range
-from router._startup import Wiring
 from router.audit import OperationAudit
-from router.explain import explain as explain_decision
 from router.inputs import (
     check_content_type,
     check_metadata,
-    list_prefix,
     parse_byte_range,
-    parse_data_class,
     parse_expires_in,
-    parse_operation,
     parse_org_id,
     sha256_b64,
-    split_object_key,
 )
 from router.policy import (
     WriteDecision,
-    decide_exchange,
-    decide_processing,
     decide_put,
-    endpoint_rule,
-    exchange_document,
     write_receipt,
 )
 from router.records import fence_error
-from router.retention import training_eligible
 from router.types import (
     DataClass,
     DeleteReceipt,
-    Explanation,
     ObjectInfo,
-    Operation,
     OrgId,
     Placement,
     PresignedUpload,
-    ProcessingRoute,
     StoredObject,
     VerifyReport,
     WriteReceipt,
 )
-
-T = TypeVar("T")
 
 PRESIGN_DEFAULT_S = 900
 PRESIGN_MAX_S = 7 * 24 * 3600  # SigV4's limit
@@ -70,7 +53,7 @@ def _decided_put(resolved: Resolved, cls: DataClass, key: str, full: str) -> Wri
     return decide_put(resolved.record, resolved.place, cls, key, full, resolved.tags_for(cls))
 
 
-class ResidencyRouter(OrgAdmin):
+class ResidencyRouter(OrgAdmin, ProcessingOps, Listings):
     """Routes every org's data to its residency region, and nowhere else.
 
     Make one with :meth:`from_settings` and use it as an async context manager; entering
@@ -290,24 +273,6 @@ class ResidencyRouter(OrgAdmin):
             "stream", org_id, lambda op: self._stream(op, org_id, key, data_class, start, end)
         )
 
-    async def _relay(
-        self,
-        name: str,
-        org_id: object,
-        produce: Callable[[OperationAudit], AsyncGenerator[T, None]],
-    ) -> AsyncGenerator[T, None]:
-        """Audit a streamed operation: one event when the iteration ends, however it ends."""
-        with self._audit.operation(name, org_id, current=False) as op:
-            source = produce(op)
-            try:
-                while (item := await _step(op, source)) is not None:
-                    yield item
-            except (GeneratorExit, asyncio.CancelledError):
-                op.partial()
-                raise
-            finally:
-                await source.aclose()
-
     async def _stream(
         self,
         op: OperationAudit,
@@ -459,182 +424,6 @@ class ResidencyRouter(OrgAdmin):
                 place, full, first=partial(wiring.resolver.check_writable, org, place.region)
             )
         return DeleteReceipt(place.org_id, place.region, key, count)
-
-    def list(
-        self,
-        org_id: str,
-        *,
-        data_class: DataClass | str | None = None,
-        prefix: str = "",
-    ) -> AsyncGenerator[ObjectInfo, None]:
-        """Yield the org's current objects (one class, or all), named by the caller's keys.
-
-        Raises:
-            ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
-        """
-        return self._relay(
-            "list", org_id, lambda op: self._list(self._open(), op, org_id, data_class, prefix)
-        )
-
-    async def _list(
-        self,
-        wiring: Wiring,
-        op: Any,
-        org_id: str,
-        data_class: DataClass | str | None,
-        prefix: str,
-    ) -> AsyncGenerator[ObjectInfo, None]:
-        org = parse_org_id(org_id)
-        classes = list(DataClass) if data_class is None else [parse_data_class(data_class)]
-        prefixes = [list_prefix(org, cls, prefix) for cls in classes]
-        place = (await self._resolved(wiring, org)).place
-        op.at(place.region.value, classes[0].value if len(classes) == 1 else None)
-        op.acting()
-        op.items = 0
-        for s3_prefix in prefixes:
-            async for found in wiring.bulk.list_objects(place, s3_prefix):
-                parsed = split_object_key(found.key)
-                if parsed is None or parsed[0] != org:
-                    continue  # never surface anything outside orgs/{org_id}/
-                op.items += 1
-                yield ObjectInfo(
-                    org,
-                    parsed[1],
-                    parsed[2],
-                    found.size,
-                    found.version_id,
-                    found.last_modified,
-                    etag=found.etag,
-                )
-
-    async def route_processing(self, org_id: str, endpoint: str) -> ProcessingRoute:
-        """Return where a processing call for ``endpoint`` must go; sends no S3 request.
-
-        Raises:
-            ProcessingNotEligibleError: the endpoint is not listed, or not regional for an
-                org that pins its processing.
-            ResidencyError: as for ``put`` (bad input, unknown org, directory failures).
-        """
-        with self._audit.operation("route_processing", org_id) as op:
-            wiring = self._open()
-            resolved = await self._resolved(wiring, parse_org_id(org_id))
-            route = decide_processing(resolved.record, wiring.region_map, endpoint)
-            op.at(route.region.value)
-        return route
-
-    async def record_exchange(
-        self, org_id: str, endpoint: str, *, request: bytes, response: bytes
-    ) -> WriteReceipt:
-        """Record one API exchange as ``inputs_outputs`` in the org's storage region.
-
-        Zero-data-retention orgs and endpoints with ``retains_data: false`` get a receipt with
-        ``stored=False`` and the reason; nothing at all is sent to S3 for them.
-
-        Raises:
-            ProcessingNotEligibleError: the endpoint is not listed.
-            ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
-        """
-        with self._audit.operation("record_exchange", org_id) as op:
-            wiring = self._open()
-            org = parse_org_id(org_id)
-            for name, body in (("request", request), ("response", response)):
-                if not isinstance(body, bytes | bytearray | memoryview):
-                    raise TypeError(f"{name} must be bytes, got {type(body).__name__}")
-            endpoint_rule(wiring.region_map, endpoint)  # unlisted endpoints before any lookup
-            resolved = await self._resolved(wiring, org)
-            now = self._clock()
-            decision = decide_exchange(
-                resolved.record, resolved.place, wiring.region_map, endpoint, now, uuid.uuid4().hex
-            )
-            place = decision.placement
-            op.at(place.region.value, DataClass.INPUTS_OUTPUTS.value)
-            if not decision.store:
-                op.skipped()
-                return write_receipt(decision, None, "")
-            op.key = decision.key
-            resolved.check_writable()
-            op.acting()
-            document = exchange_document(endpoint, now, bytes(request), bytes(response))
-            result = await wiring.objects.put(
-                place,
-                decision.key,
-                document,
-                tagging=decision.tagging(),
-                content_type="application/json",
-            )
-        return write_receipt(decision, result.version_id, result.sha256)
-
-    def list_training_eligible(self, org_id: str) -> AsyncGenerator[ObjectInfo, None]:
-        """Yield the org's objects that may be used for training.
-
-        An object is yielded only if the org is opted in now and the object's own
-        ``residency-training`` tag (set at write time) says ``opt-in``; one tag read per
-        object, with bounded concurrency.
-
-        Raises:
-            ResidencyError: as for ``put`` (input, directory, S3 refusals and failures).
-        """
-        return self._relay("list_training_eligible", org_id, lambda op: self._training(op, org_id))
-
-    async def _training(self, op: OperationAudit, org_id: str) -> AsyncGenerator[ObjectInfo, None]:
-        wiring = self._open()
-        resolved = await self._resolved(wiring, parse_org_id(org_id))
-        record, place = resolved.record, resolved.place
-        op.at(place.region.value)
-        op.acting()
-        op.items = 0
-        listing = self._list(wiring, _Quiet(), record.org_id, None, "")
-        async for item in training_eligible(wiring.objects, record, place, listing):
-            op.items += 1
-            yield item
-
-    async def explain(
-        self,
-        org_id: str,
-        *,
-        operation: Operation | str,
-        data_class: DataClass | str | None = None,
-        endpoint: str | None = None,
-    ) -> Explanation:
-        """Return the decision the router would take, with the rule behind each part.
-
-        Sends no S3 request (it reads the org directory, through the cache).
-
-        Raises:
-            InvalidArgumentError: bad operation or data class, or a missing endpoint.
-            ResidencyError: as for ``put`` (bad input, unknown org, directory failures).
-        """
-        with self._audit.operation("explain", org_id) as op:
-            wiring = self._open()
-            org = parse_org_id(org_id)
-            op_kind = parse_operation(operation)
-            cls = None if data_class is None else parse_data_class(data_class)
-            resolved = await self._resolved(wiring, org)
-            op.at(resolved.place.region.value, None if cls is None else cls.value)
-            return explain_decision(
-                resolved.record,
-                resolved.place,
-                wiring.region_map,
-                op_kind,
-                cls,
-                endpoint,
-                self._clock(),
-            )
-
-
-class _Quiet:
-    """An audit stand-in for a listing inside another audited operation."""
-
-    items: int | None = None
-
-    def at(self, *_: object) -> None: ...
-    def acting(self) -> None: ...
-
-
-async def _step(op: OperationAudit, source: AsyncIterator[T]) -> T | None:
-    """The next item of ``source``, its work inside the operation's span; None at the end."""
-    with op.active():
-        return await anext(source, None)
 
 
 def _acting_on(op: OperationAudit, resolved: Resolved, cls: DataClass, full: str) -> Placement:
