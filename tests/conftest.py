@@ -12,7 +12,7 @@ from router.routing import ResidencyRouter
 from router.types import Region
 
 if TYPE_CHECKING:
-    from router.testing import ResidencyWorld
+    from router.testing import LocalS3Process, ResidencyWorld
 
 pytest_plugins = ["router.testing"]
 
@@ -39,30 +39,28 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"residency transport: {chosen or 'lean'} ({source})"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _moto_version_listing_survives_a_concurrent_delete() -> Iterator[None]:
-    """Work around a race in moto's server, not in the router.
+@pytest.fixture(scope="session")
+def moto_process() -> Iterator[LocalS3Process]:
+    """A moto server in a child process (one per xdist worker), for tests that time things.
 
-    moto lists a bucket's versions from a copy of its key table, then reads each key's
-    versions; a key deleted by another request in between reads as None, and
-    ListObjectVersions answers 500 (``moto/s3/utils.py``, ``_VersionedKeyStore._iterlists``;
-    seen in ``test_soak.py`` on a slow machine). S3 has no such race. Keys gone since the
-    copy are skipped, as a listing made a moment later would skip them. Only the
-    in-process servers (``LocalS3Server``) are patched.
+    The in-process server's threads share this process's GIL with the test's event loop: on
+    a busy machine, while moto copies a large object, the loop can stall for seconds, and a
+    short timeout then fires on a loopback connect (CI saw 1.5 and 3 s). Moves and scheduled
+    changes are timed by such settings; their tests run against this server instead.
     """
-    from moto.s3.utils import _VersionedKeyStore
+    from router.testing import LocalS3Process, isolated_aws_environment
 
-    original = _VersionedKeyStore._iterlists
+    with isolated_aws_environment(), LocalS3Process() as server:
+        yield server
 
-    def iterlists(self: Any) -> Iterator[tuple[str, list[Any]]]:
-        for key, versions in original(self):
-            if versions is not None:
-                yield key, versions
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_VersionedKeyStore, "iterlists", iterlists)
-        patch.setattr(_VersionedKeyStore, "lists", iterlists)
-        yield
+@pytest.fixture
+def process_world(moto_process: LocalS3Process, tmp_path: Path) -> ResidencyWorld:
+    """A fresh seven-region world on the child-process moto server."""
+    from router.testing import ResidencyWorld
+
+    moto_process.reset()
+    return ResidencyWorld.provision(moto_process.endpoint_url, REGIONS_FILE, tmp_path)
 
 
 class RequestLog:

@@ -54,11 +54,11 @@ def fast_settings(world: ResidencyWorld, **overrides: Any) -> Any:
 
 
 @pytest.fixture
-def table(residency_world: ResidencyWorld) -> ResidencyWorld:
-    residency_world.create_directory_table(
+def table(process_world: ResidencyWorld) -> ResidencyWorld:
+    process_world.create_directory_table(
         TABLE, {ORG: OrgResidency(OrgId(ORG), Region.EU, retention_days=30)}
     )
-    return residency_world
+    return process_world
 
 
 def org_versions(world: ResidencyWorld, region: Region) -> list[dict[str, Any]]:

@@ -42,11 +42,11 @@ async def until(instant: datetime) -> None:
 
 
 @pytest.fixture
-def table(residency_world: ResidencyWorld) -> ResidencyWorld:
-    residency_world.create_directory_table(
+def table(process_world: ResidencyWorld) -> ResidencyWorld:
+    process_world.create_directory_table(
         TABLE, {ORG: OrgResidency(OrgId(ORG), Region.EU, processing_region=Region.EU)}
     )
-    return residency_world
+    return process_world
 
 
 def exchanges(world: ResidencyWorld) -> int:

@@ -29,6 +29,31 @@ DUMMY_CREDENTIALS = {
 }
 
 
+def _skip_keys_deleted_while_listing() -> None:
+    """Work around a race in moto's server (S3 has none): keys deleted mid-listing are skipped.
+
+    moto lists a bucket's versions from a copy of its key table, then reads each key's
+    versions; a key deleted by another request in between reads as None, and
+    ListObjectVersions answers 500 (``moto/s3/utils.py``, ``_VersionedKeyStore._iterlists``;
+    seen on a slow machine while one request listed and another deleted). A listing made a
+    moment later would not have the key either, so it is skipped.
+    """
+    from moto.s3.utils import _VersionedKeyStore
+
+    if getattr(_VersionedKeyStore.iterlists, "_residency_skips_deleted", False):
+        return
+    original = _VersionedKeyStore._iterlists
+
+    def iterlists(self: Any) -> Iterator[tuple[str, list[Any]]]:
+        for key, versions in original(self):
+            if versions is not None:
+                yield key, versions
+
+    iterlists._residency_skips_deleted = True  # type: ignore[attr-defined]
+    _VersionedKeyStore.iterlists = iterlists  # type: ignore[method-assign,unused-ignore]
+    _VersionedKeyStore.lists = iterlists  # type: ignore[method-assign,unused-ignore]
+
+
 class _LazyPrivateKey:
     """Stands in for moto's per-key RSA private key until something signs with it."""
 
@@ -98,6 +123,7 @@ class LocalS3Server(_MotoEndpoint):
         # werkzeug logs one line per request; the demo and tests want none of them.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         _defer_symmetric_private_keys()
+        _skip_keys_deleted_while_listing()
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
@@ -199,6 +225,7 @@ def serve_counting_moto() -> None:
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     _defer_symmetric_private_keys()
+    _skip_keys_deleted_while_listing()
     app = _ChangeCounter(DomainDispatcherApplication(create_backend_app))
     extra: dict[str, Any] = {}
     # moto's handler keeps S3 metadata names with underscores; older moto has none.
