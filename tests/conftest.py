@@ -45,8 +45,9 @@ def moto_process() -> Iterator[LocalS3Process]:
 
     The in-process server's threads share this process's GIL with the test's event loop: on
     a busy machine, while moto copies a large object, the loop can stall for seconds, and a
-    short timeout then fires on a loopback connect (CI saw 1.5 and 3 s). Moves and scheduled
-    changes are timed by such settings; their tests run against this server instead.
+    short timeout then fires on a loopback connect (CI saw 1.5 and 3 s), and the server's
+    accept loop falls behind a soak's 200 tasks (a connect took over 5 s). Moves, scheduled
+    changes and the soak run against this server instead.
     """
     from router.testing import LocalS3Process, isolated_aws_environment
 
