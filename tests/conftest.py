@@ -40,7 +40,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 @pytest.fixture(scope="session")
-def moto_process() -> Iterator[LocalS3Process]:
+def child_moto() -> Iterator[LocalS3Process]:
     """A moto server in a child process (one per xdist worker), for tests that time things.
 
     The in-process server's threads share this process's GIL with the test's event loop: on
@@ -56,12 +56,12 @@ def moto_process() -> Iterator[LocalS3Process]:
 
 
 @pytest.fixture
-def process_world(moto_process: LocalS3Process, tmp_path: Path) -> ResidencyWorld:
+def process_world(child_moto: LocalS3Process, tmp_path: Path) -> ResidencyWorld:
     """A fresh seven-region world on the child-process moto server."""
     from router.testing import ResidencyWorld
 
-    moto_process.reset()
-    return ResidencyWorld.provision(moto_process.endpoint_url, REGIONS_FILE, tmp_path)
+    child_moto.reset()
+    return ResidencyWorld.provision(child_moto.endpoint_url, REGIONS_FILE, tmp_path)
 
 
 class RequestLog:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
+from router.testing import LocalS3Server
+
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 OLDEST = ROOT / ".ci" / "oldest.txt"
@@ -185,16 +187,35 @@ async def test_lean_session_turns_off_aiohttps_silent_resend_and_aiohttp_consult
         assert arrived == 2
 
 
-def test_the_moto_version_listing_workaround_still_reaches_moto() -> None:
-    # tests/conftest.py patches moto's versioned key store so that a key deleted while a
-    # version listing runs is skipped instead of answering 500. If moto renames what is
-    # patched, this fails rather than the soak test failing now and then.
+def test_the_moto_listing_workaround_still_reaches_moto(
+    residency_s3_server: LocalS3Server,
+) -> None:
+    # router.testing's servers patch moto's versioned key store so that a key deleted while
+    # a listing runs is skipped instead of answering 500. If moto renames what is patched,
+    # this fails rather than the soak failing now and then. The session's in-process server
+    # has started (the fixture), so the patch is in place, applied once however often asked.
     from moto.s3.utils import _VersionedKeyStore
 
+    from router.testing._moto import _skip_keys_deleted_while_listing
+
+    assert getattr(_VersionedKeyStore.iterlists, "_residency_skips_deleted", False)
+    patched = (_VersionedKeyStore.lists, _VersionedKeyStore.items, _VersionedKeyStore.values)
+    _skip_keys_deleted_while_listing()
+    assert (_VersionedKeyStore.lists, _VersionedKeyStore.items, _VersionedKeyStore.values) == (
+        patched
+    )
+
     store = _VersionedKeyStore()
-    store["kept"] = "v1"
-    store["deleted"] = "v1"
+    for key in ("kept", "deleted", "emptied"):
+        store[key] = "v1"
     copy = dict(store)
-    del store["deleted"]  # by another request, after the listing copied the key table
+    # By other requests, after the listing copied the key table: one key deleted, and one
+    # mid-delete (moto empties a key's versions before it pops the key).
+    del store["deleted"]
+    dict.__setitem__(store, "emptied", [])
     store._self_iterable = lambda: copy  # type: ignore[method-assign]
-    assert list(store.iterlists()) == [("kept", ["v1"])]
+    assert list(store.iterlists()) == [("kept", ["v1"]), ("emptied", [])]
+    assert list(store.lists()) == [("kept", ["v1"]), ("emptied", [])]
+    assert list(store.items()) == [("kept", "v1")]
+    assert list(store.iteritems()) == [("kept", "v1")]
+    assert list(store.values()) == ["v1"]

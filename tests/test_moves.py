@@ -29,13 +29,13 @@ def fast_settings(world: ResidencyWorld, **overrides: Any) -> Any:
     """Settings whose waits are short: a 1-second cache and a 10-second longest request.
 
     Short, not tight: on a loaded machine the test's event loop can stall for a second or
-    more (moto answers in threads of this process, which take the GIL from it while a move
-    copies), and moto can take seconds to answer a put or a directory write; a connect or
-    read timed out then is an outage the test did not mean to stage. CI once timed out the
-    move's directory write at 1.5 s while a 6 MiB multipart object was copied (3 s makes
-    each scheduled change 7.2 s ahead, not 4.2), and once a copy's connect at 1.5 s while
-    an 11 MiB object was copied and a second router wrote: a loopback connect is answered
-    by the kernel, so only a loop that did not run for 1.5 s times it out.
+    more, and moto can take seconds to answer a put or a directory write while a move
+    copies; a connect or read timed out then is an outage the test did not mean to stage.
+    CI once timed out the move's directory write at 1.5 s while a 6 MiB multipart object
+    was copied (3 s makes each scheduled change 7.2 s ahead, not 4.2), and once a copy's
+    connect at 1.5 s while an 11 MiB object was copied and a second router wrote, with moto
+    in the test's process (its threads took the GIL from the loop). The ``table`` worlds
+    are on moto in a child process since (``process_world``).
     """
     values: dict[str, Any] = {
         "directory_table": TABLE,

@@ -85,7 +85,7 @@ def _header_writer(shape: Shape) -> Callable[[Any], str]:
 
 
 # botocore's check for an S3 error inside a 200 answer (registered on before-parse.s3.*);
-# a botocore internal too, checked by tests/test_deps.py.
+# a botocore internal, checked by tests/test_deps.py.
 _HANDLE_200_ERROR: Callable[..., None] = botocore_handlers._handle_200_error  # type: ignore[attr-defined]
 
 

@@ -111,9 +111,10 @@ class LeanSigner(S3SigV4Auth):
         """The canonical request as botocore builds it, with the path and query already known.
 
         botocore splits the URL twice per request (for the path, then for the query); a
-        lean URL is the bucket's URL (no query, checked once by :func:`bucket_url`) plus a
-        percent-encoded key (no ``?`` or ``#`` left), so its path is the bucket's path plus
-        that key, and its query is empty. The rest is botocore's own steps, in its order.
+        lean URL is the bucket's URL (no query, checked once by
+        :func:`router._s3.lean.bucket_url`) plus a percent-encoded key (no ``?`` or ``#``
+        left), so its path is the bucket's path plus that key, and its query is empty. The
+        rest is botocore's own steps, in its order.
         """
         signer: Any = self  # botocore's attributes, not all in its type stubs
         headers_to_sign = self.headers_to_sign(request)

@@ -32,26 +32,44 @@ DUMMY_CREDENTIALS = {
 def _skip_keys_deleted_while_listing() -> None:
     """Work around a race in moto's server (S3 has none): keys deleted mid-listing are skipped.
 
-    moto lists a bucket's versions from a copy of its key table, then reads each key's
-    versions; a key deleted by another request in between reads as None, and
-    ListObjectVersions answers 500 (``moto/s3/utils.py``, ``_VersionedKeyStore._iterlists``;
-    seen on a slow machine while one request listed and another deleted). A listing made a
-    moment later would not have the key either, so it is skipped.
+    moto lists a bucket's keys from a copy of its key table, then reads each key; a key
+    deleted by another request in between reads as None (ListObjectVersions) or raises
+    (ListObjects: a key popped, or its versions emptied just before), and the listing
+    answers 500 (``moto/s3/utils.py``, ``_VersionedKeyStore``; seen on a slow machine while
+    one request listed and another deleted). A listing made a moment later would not have
+    the key either, so it is skipped. Applied once per process, for good, by the servers
+    here before they serve; ``tests/test_deps.py`` checks it still reaches moto.
     """
     from moto.s3.utils import _VersionedKeyStore
 
     if getattr(_VersionedKeyStore.iterlists, "_residency_skips_deleted", False):
         return
-    original = _VersionedKeyStore._iterlists
+    original_lists = _VersionedKeyStore._iterlists
+    missing = object()
 
     def iterlists(self: Any) -> Iterator[tuple[str, list[Any]]]:
-        for key, versions in original(self):
+        for key, versions in original_lists(self):
             if versions is not None:
                 yield key, versions
 
+    def iteritems(self: Any) -> Iterator[tuple[str, Any]]:
+        for key in self._self_iterable():
+            value = self.get(key, missing)  # moto's get: the default for a key popped or emptied
+            if value is not missing:
+                yield key, value
+
+    def itervalues(self: Any) -> Iterator[Any]:
+        for _, value in iteritems(self):
+            yield value
+
     iterlists._residency_skips_deleted = True  # type: ignore[attr-defined]
-    _VersionedKeyStore.iterlists = iterlists  # type: ignore[method-assign,unused-ignore]
-    _VersionedKeyStore.lists = iterlists  # type: ignore[method-assign,unused-ignore]
+    for names, method in (
+        (("lists", "iterlists"), iterlists),
+        (("items", "iteritems"), iteritems),
+        (("values", "itervalues"), itervalues),
+    ):
+        for name in names:
+            setattr(_VersionedKeyStore, name, method)
 
 
 class _LazyPrivateKey:
