@@ -31,9 +31,11 @@ import aiohttp
 import boto3
 from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
+from aiobotocore.parsers import AioResponseParserFactory
 from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
 from botocore.httpsession import get_cert_path
+from botocore.parsers import ResponseParserError
 from botocore.utils import S3RegionRedirectorv2
 
 from router.config import RouterSettings, endpoint_url_problem, proxy_url_problem
@@ -400,8 +402,65 @@ def open_aio_client(
 
 
 def new_aio_session() -> AioSession:
-    """Return a fresh aiobotocore session (credentials resolved as botocore does)."""
-    return get_session()
+    """Return a fresh aiobotocore session (credentials resolved as botocore does).
+
+    Its clients parse answers with botocore's parsers, but report an answer those cannot
+    read (:func:`unreadable_answer`) as such, never as a bad argument of the caller.
+    """
+    session = get_session()
+    session.register_component("response_parser_factory", _ReadableAnswers())
+    return session
+
+
+UNREADABLE = (ValueError, KeyError, IndexError, TypeError, AttributeError)
+"""What parsing an answer raises when the answer is malformed (a header that is not the
+number or date the model says, a field S3 always sends missing)."""
+
+
+class MalformedAnswerError(ResponseParserError):
+    """An answer arrived but could not be read; ``reason`` says why, without its values."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def unreadable_answer(exc: BaseException | None, field: str = "") -> MalformedAnswerError:
+    """The error for an answer that arrived but could not be read.
+
+    botocore's parsers raise a plain ``ValueError`` for a malformed header (a timestamp, an
+    integer), which reads like a request refused before sending; the request was sent, and
+    S3 may have acted on it. The reason names the exception (``exc``) or the missing
+    ``field``, never a value: values can quote the object's key.
+    """
+    if exc is None:
+        return MalformedAnswerError(f"no {field}" if field else "malformed")
+    return MalformedAnswerError(f"{field} {type(exc).__name__}" if field else type(exc).__name__)
+
+
+class _ReadableAnswers(AioResponseParserFactory):
+    """aiobotocore's parsers, each wrapped by :class:`_GuardedParser`."""
+
+    def create_parser(self, protocol_name: str) -> Any:
+        return _GuardedParser(super().create_parser(protocol_name))
+
+
+class _GuardedParser:
+    """One of botocore's parsers, with what parsing raises turned into :func:`unreadable_answer`."""
+
+    __slots__ = ("_parser",)
+
+    def __init__(self, parser: Any) -> None:
+        self._parser = parser
+
+    async def parse(self, response: dict[str, Any], shape: Any) -> Any:
+        try:
+            return await self._parser.parse(response, shape)
+        except UNREADABLE as exc:
+            raise unreadable_answer(exc) from None  # not chained: the values stay out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
 
 
 async def warm_loader(session: AioSession, services: tuple[str, ...]) -> None:

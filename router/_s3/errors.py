@@ -14,6 +14,7 @@ from types import TracebackType
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
 
+from router._aws import MalformedAnswerError
 from router._retry import error_code, is_transient
 from router._s3.health import HealthBook
 from router.errors import (
@@ -65,7 +66,8 @@ class S3Errors:
     * ``ClientError``: transient codes become :class:`RegionUnavailableError`, missing objects
       :class:`ObjectNotFoundError`, everything else :class:`StorageError` with the AWS code;
       codes in :data:`REGION_BROKEN` also quarantine the region;
-    * transport failures, and answers nobody can parse, become :class:`RegionUnavailableError`;
+    * transport failures, and answers nobody can parse, become :class:`RegionUnavailableError`
+      (the request was sent: a malformed answer is never taken for a refusal before sending);
     * :class:`LeanMisuseError` (a call the lean transport does not make) becomes a plain
       ``TypeError`` and botocore's ``ParamValidationError`` :class:`InvalidArgumentError`:
       both refuse before sending, and neither is recorded against the region. Any other
@@ -153,9 +155,11 @@ class S3Errors:
             # aiohttp and botocore refuse malformed headers with ValueError before sending:
             # the caller's input, not the region.
             return InvalidArgumentError(f"{what}: the request was refused before sending")
-        # An answer botocore cannot parse (an empty body where XML belongs, say).
+        # An answer botocore cannot parse (an empty body where XML belongs, a header that
+        # is not the number or date the model says, a field S3 always sends missing).
         health.failure(region)
+        why = exc.reason if isinstance(exc, MalformedAnswerError) else type(exc).__name__
         return RegionUnavailableError(
-            f"{what} in {region} got an answer that could not be read ({type(exc).__name__}); "
+            f"{what} in {region} got an answer that could not be read ({why}); "
             "retry later in the same region"
         )

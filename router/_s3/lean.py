@@ -55,7 +55,7 @@ from botocore.utils import parse_timestamp, percent_encode
 from multidict import CIMultiDict
 from yarl import URL
 
-from router._aws import LeanHttp
+from router._aws import UNREADABLE, LeanHttp, unreadable_answer
 from router._s3.errors import LeanMisuseError
 from router._s3.sigv4 import HOST_FROM_URL, LeanSigner, SigningRequest
 from router.errors import ConfigError, ResidencyViolationError
@@ -379,10 +379,13 @@ class LeanS3:
             _HANDLE_200_ERROR(operation.model, answer)
             status = answer["status_code"]
         if status >= 300:
-            error: dict[str, Any] = self._parser.parse(
-                {"headers": headers, "status_code": status, "body": body or b""},
-                operation.output_shape,
-            )
+            try:
+                error: dict[str, Any] = self._parser.parse(
+                    {"headers": headers, "status_code": status, "body": body or b""},
+                    operation.output_shape,
+                )
+            except UNREADABLE as exc:  # as the clients' parsers (router._aws) report it
+                raise unreadable_answer(exc) from None
             self._guard(response=(_Status(status), error), operation=operation.model)
             code = error.get("Error", {}).get("Code")
             raise self._client.exceptions.from_code(code)(error, operation.model.name)
@@ -401,12 +404,15 @@ class LeanS3:
         known = operation.headers_out
         meta_prefix = operation.meta_out
         metadata: dict[str, str] = {}
-        for name, value in headers.items():
-            field = known.get(name)
-            if field is not None:
-                parsed[field[0]] = field[1](value)
-            elif meta_prefix and name.startswith(meta_prefix):
-                metadata[name[len(meta_prefix) :]] = value
+        try:
+            for name, value in headers.items():
+                field = known.get(name)
+                if field is not None:
+                    parsed[field[0]] = field[1](value)
+                elif meta_prefix and name.startswith(meta_prefix):
+                    metadata[name[len(meta_prefix) :]] = value
+        except UNREADABLE as exc:  # a header that is not the number or date the model says
+            raise unreadable_answer(exc) from None
         if meta_prefix:
             parsed["Metadata"] = metadata
         return parsed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import hashlib
 from collections.abc import (
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from botocore.exceptions import BotoCoreError
 
+from router._aws import MalformedAnswerError, unreadable_answer
 from router._s3.bodies import STREAM_CHUNK, Body, body_chunks
 from router._s3.clients import RegionClients
 from router._s3.multipart import HASH_OFF_LOOP_BYTES, Chunks, MultipartUpload
@@ -36,6 +38,9 @@ from router.errors import (
 )
 from router.guards import SSE_KMS, encryption_problem
 from router.types import Placement
+
+MALFORMED_CHECKSUM = "a malformed checksum"
+"""Why an answer whose SHA-256 checksum is not base64 could not be read."""
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -63,7 +68,15 @@ class StoredObject:
 
 
 def _described(key: str, response: Mapping[str, Any], size: int | None = None) -> StoredObject:
-    """What a HeadObject or GetObject answer says of the object (``size``: the whole's)."""
+    """What a HeadObject or GetObject answer says of the object (``size``: the whole's).
+
+    Raises:
+        MalformedAnswerError: the answer lacks a header S3 always sends (run it inside
+            :meth:`RegionClients.run`, which reports that as an unreadable answer).
+    """
+    for needed in ("LastModified", "ContentLength") if size is None else ("LastModified",):
+        if needed not in response:
+            raise unreadable_answer(None, needed)
     if size is None:
         size = int(response["ContentLength"])
     return StoredObject(
@@ -333,6 +346,13 @@ class ObjectStore:
                     f"reading from bucket {place.bucket} in {place.aws_region} broke off "
                     f"({type(exc).__name__}); retry later in the same region"
                 ) from None  # not chained: the URL carries the key
+            except binascii.Error:  # aiobotocore decodes the answer's checksum at the end
+                self._clients.health.failure(place.aws_region)
+                raise RegionUnavailableError(
+                    f"reading from bucket {place.bucket} in {place.aws_region} got an answer "
+                    f"that could not be read ({MALFORMED_CHECKSUM}); retry later in the same "
+                    "region"
+                ) from None
         finally:
             body.close()
 
@@ -348,19 +368,27 @@ class ObjectStore:
             RegionUnavailableError: the region failed after retries.
         """
         client = self._clients.hot(place.aws_region)
-        owner = self._clients.owner[place.aws_region]
-        response = await self._clients.run(
+        response, found = await self._clients.run(
             place.aws_region,
             f"reading from bucket {place.bucket}",
-            lambda: client.head_object(
-                Bucket=place.bucket, Key=key, ChecksumMode="ENABLED", **owner
-            ),
+            partial(self._head_described, client, place, key),
             object_read=True,
         )
         problem = encryption_problem(response, place.kms_key_arn)
         if problem is not None:
             raise ResidencyViolationError(f"object in bucket {place.bucket} {problem}")
-        return _described(key, response)
+        return found
+
+    async def _head_described(
+        self, client: S3Client, place: Placement, key: str
+    ) -> tuple[Mapping[str, Any], StoredObject]:
+        response = await client.head_object(
+            Bucket=place.bucket,
+            Key=key,
+            ChecksumMode="ENABLED",
+            **self._clients.owner[place.aws_region],
+        )
+        return response, _described(key, response)
 
     # -- presigned URLs -----------------------------------------------------------------
 
@@ -519,7 +547,10 @@ async def _checked_body(place: Placement, response: Mapping[str, Any]) -> bytes:
         problem = encryption_problem(response, place.kms_key_arn)
         if problem is not None:
             raise ResidencyViolationError(f"object in bucket {place.bucket} {problem}")
-        data: bytes = await body.read()
+        try:
+            data: bytes = await body.read()
+        except binascii.Error:  # aiobotocore decodes the answer's checksum only now
+            raise MalformedAnswerError(MALFORMED_CHECKSUM) from None
         return data
 
 

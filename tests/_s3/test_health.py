@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from router.errors import (
     ResidencyViolationError,
     StorageError,
 )
+from router.regions import RegionMap
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
 from router.types import AwsRegion, Region
@@ -160,6 +162,65 @@ async def test_an_error_answer_with_a_nested_code_fails_the_region(key_arn_map: 
             health = router.health()[Region.EU]
             assert health.state == "degraded"
             assert health.failure_rate == 1.0
+
+
+MALFORMED_ANSWERS = {
+    # Each header is not what S3's model says (S3 itself never sends these): the request was
+    # sent, so the answer is unreadable, never "refused before sending".
+    "object-size": {"x-amz-object-size": "secretvalue"},
+    "last-modified": {"Last-Modified": "secretvalue"},
+    "parts-count": {"x-amz-mp-parts-count": "secretvalue"},
+    "no-last-modified": {"Last-Modified": ""},
+    "checksum": {"x-amz-checksum-sha256": "secretvalue"},
+}
+
+
+@pytest.mark.parametrize("transport", ["lean", "botocore"])
+@pytest.mark.parametrize("malformed", MALFORMED_ANSWERS.values(), ids=list(MALFORMED_ANSWERS))
+async def test_a_malformed_answer_fails_the_region_and_is_never_a_bad_argument(
+    key_arn_map: Path, transport: str, malformed: dict[str, str]
+) -> None:
+    arn = RegionMap.load(key_arn_map).region(Region.EU).kms_key
+
+    def answer(method: str, path: str) -> Reply:
+        headers = {
+            "x-amz-server-side-encryption": "aws:kms",
+            "x-amz-server-side-encryption-aws-kms-key-id": arn,
+            "ETag": '"0cc175b9c0f1b6a831c399e269772661"',
+            "Last-Modified": "Tue, 01 Dec 2026 00:00:00 GMT",
+            "x-amz-checksum-sha256": "ypeBEsobvcr6wjGzmiPcTaeG7/gUfE5yuYB3ha/uSLs=",  # of b"a"
+        }
+        headers.update(malformed)
+        headers = {name: value for name, value in headers.items() if value}
+        return 200, headers, b"" if method != "GET" else b"a"
+
+    settings = unverified(key_arn_map, "", retry_max_attempts=1, transport=transport)
+    with stub_server(answer) as stub:
+        settings = settings.model_copy(update={"endpoint_url": stub.url})
+        async with ResidencyRouter.from_settings(settings) as router:
+            calls: dict[str, Callable[[], Awaitable[object]]] = {
+                "put": lambda: router.put("org-acme", "a.txt", b"a"),
+                "head": lambda: router.head("org-acme", "a.txt"),
+                "get": lambda: router.get("org-acme", "a.txt"),
+                "stream": lambda: collect(router.stream("org-acme", "a.txt")),
+            }
+            unreadable: dict[str, RegionUnavailableError] = {}
+            for name, call in calls.items():
+                try:
+                    await call()
+                except RegionUnavailableError as exc:  # anything else fails the test
+                    unreadable[name] = exc
+            # Each malformed header is read by at least one of the calls (the others may
+            # not read it at all: a put's answer has no Last-Modified).
+            assert unreadable, "no call noticed the malformed answer"
+            for error in unreadable.values():
+                assert "could not be read" in str(error)
+                assert "secretvalue" not in "".join(traceback.format_exception(error))
+            assert router.health()[Region.EU].failure_rate > 0
+
+
+async def collect(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in chunks])
 
 
 async def test_missing_bucket_quarantines_until_verify_passes_again(
