@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -304,13 +304,8 @@ def redirect_guard(service: str, aws_region: str, bucket: str | None = None) -> 
             reported = headers.get("x-amz-bucket-region")
             if not reported or reported == aws_region:
                 return
-        violation = response_violation(status, parsed, aws_region, is_s3=is_s3)
-        if violation is not None:
-            error = ResidencyViolationError(
-                f"{service} answered {violation} for {where}: "
-                "redirects and region mismatches are refused, never followed"
-            )
-            error.region_wide = True  # the region itself is unsafe: quarantine it
+        error = answer_violation(service, aws_region, where, status, parsed)
+        if error is not None:
             raise error
         name = getattr(operation, "name", "")
         if is_s3 and s3_head_probe(status, name):
@@ -412,30 +407,66 @@ def new_aio_session() -> AioSession:
     return session
 
 
-UNREADABLE = (ValueError, KeyError, IndexError, TypeError, AttributeError)
+UNREADABLE = (ValueError, KeyError, IndexError, TypeError, AttributeError, RuntimeError)
 """What parsing an answer raises when the answer is malformed (a header that is not the
-number or date the model says, a field S3 always sends missing)."""
+number or date the model says, a field S3 always sends missing; botocore's timestamp parser
+raises ``RuntimeError`` for a date it cannot place)."""
 
 
 class MalformedAnswerError(ResponseParserError):
-    """An answer arrived but could not be read; ``reason`` says why, without its values."""
+    """An answer arrived but could not be read; ``reason`` says why, without its values.
 
-    def __init__(self, reason: str) -> None:
+    ``status`` and ``headers`` (names lowercased) are the answer's, when known, so that a
+    redirect or a foreign region is still refused as such (:func:`answer_violation`).
+    """
+
+    def __init__(
+        self, reason: str, status: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.status = status
+        self.headers = headers or {}
 
 
-def unreadable_answer(exc: BaseException | None, field: str = "") -> MalformedAnswerError:
+def unreadable_answer(
+    exc: BaseException | None, field: str = "", answer: Mapping[str, Any] | None = None
+) -> MalformedAnswerError:
     """The error for an answer that arrived but could not be read.
 
     botocore's parsers raise a plain ``ValueError`` for a malformed header (a timestamp, an
     integer), which reads like a request refused before sending; the request was sent, and
     S3 may have acted on it. The reason names the exception (``exc``) or the missing
-    ``field``, never a value: values can quote the object's key.
+    ``field``, never a value: values can quote the object's key. ``answer`` is the raw
+    answer botocore's parser was given (``status_code``, ``headers``), when there is one.
     """
     if exc is None:
-        return MalformedAnswerError(f"no {field}" if field else "malformed")
-    return MalformedAnswerError(f"{field} {type(exc).__name__}" if field else type(exc).__name__)
+        reason = f"no {field}" if field else "malformed"
+    else:
+        reason = f"{field} {type(exc).__name__}" if field else type(exc).__name__
+    if answer is None:
+        return MalformedAnswerError(reason)
+    headers = {str(name).lower(): str(value) for name, value in answer["headers"].items()}
+    return MalformedAnswerError(reason, answer["status_code"], headers)
+
+
+def answer_violation(
+    service: str, aws_region: str, where: str, status: int | None, parsed: Mapping[str, Any]
+) -> ResidencyViolationError | None:
+    """The error for an answer that is a redirect or names another region, or None.
+
+    What :func:`redirect_guard` raises; also applied to answers that could not be parsed,
+    which never reach the guard.
+    """
+    violation = response_violation(status, parsed, aws_region, is_s3=service == "s3")
+    if violation is None:
+        return None
+    error = ResidencyViolationError(
+        f"{service} answered {violation} for {where}: "
+        "redirects and region mismatches are refused, never followed"
+    )
+    error.region_wide = True  # the region itself is unsafe: quarantine it
+    return error
 
 
 class _ReadableAnswers(AioResponseParserFactory):
@@ -457,7 +488,8 @@ class _GuardedParser:
         try:
             return await self._parser.parse(response, shape)
         except UNREADABLE as exc:
-            raise unreadable_answer(exc) from None  # not chained: the values stay out
+            # Not chained: the values stay out.
+            raise unreadable_answer(exc, answer=response) from None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._parser, name)

@@ -14,7 +14,7 @@ from types import TracebackType
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
 
-from router._aws import MalformedAnswerError
+from router._aws import MalformedAnswerError, answer_violation
 from router._retry import error_code, is_transient
 from router._s3.health import HealthBook
 from router.errors import (
@@ -157,6 +157,13 @@ class S3Errors:
             return InvalidArgumentError(f"{what}: the request was refused before sending")
         # An answer botocore cannot parse (an empty body where XML belongs, a header that
         # is not the number or date the model says, a field S3 always sends missing).
+        if isinstance(exc, MalformedAnswerError) and exc.status is not None:
+            # It never reached the redirect guard: a redirect or a foreign region is still
+            # refused as one (the guard's own check, on what could be read).
+            parsed = {"ResponseMetadata": {"HTTPHeaders": exc.headers}}
+            violation = answer_violation("s3", region, f"{what} in {region}", exc.status, parsed)
+            if violation is not None:
+                return self._translate(violation)
         health.failure(region)
         why = exc.reason if isinstance(exc, MalformedAnswerError) else type(exc).__name__
         return RegionUnavailableError(

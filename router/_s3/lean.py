@@ -385,7 +385,9 @@ class LeanS3:
                     operation.output_shape,
                 )
             except UNREADABLE as exc:  # as the clients' parsers (router._aws) report it
-                raise unreadable_answer(exc) from None
+                raise unreadable_answer(
+                    exc, answer={"headers": headers, "status_code": status}
+                ) from None
             self._guard(response=(_Status(status), error), operation=operation.model)
             code = error.get("Error", {}).get("Code")
             raise self._client.exceptions.from_code(code)(error, operation.model.name)
@@ -412,7 +414,9 @@ class LeanS3:
                 elif meta_prefix and name.startswith(meta_prefix):
                     metadata[name[len(meta_prefix) :]] = value
         except UNREADABLE as exc:  # a header that is not the number or date the model says
-            raise unreadable_answer(exc) from None
+            raise unreadable_answer(
+                exc, answer={"headers": headers, "status_code": status}
+            ) from None
         if meta_prefix:
             parsed["Metadata"] = metadata
         return parsed

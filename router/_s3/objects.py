@@ -374,20 +374,27 @@ class ObjectStore:
             partial(self._head_described, client, place, key),
             object_read=True,
         )
-        problem = encryption_problem(response, place.kms_key_arn)
-        if problem is not None:
+        if found is None:
+            problem = encryption_problem(response, place.kms_key_arn)
             raise ResidencyViolationError(f"object in bucket {place.bucket} {problem}")
         return found
 
     async def _head_described(
         self, client: S3Client, place: Placement, key: str
-    ) -> tuple[Mapping[str, Any], StoredObject]:
+    ) -> tuple[Mapping[str, Any], StoredObject | None]:
+        """A HEAD's answer, and what it says of the object (None: not under the region's key).
+
+        The key is checked first, as for a read: an object under another key is refused as
+        that, whatever else its answer lacks.
+        """
         response = await client.head_object(
             Bucket=place.bucket,
             Key=key,
             ChecksumMode="ENABLED",
             **self._clients.owner[place.aws_region],
         )
+        if encryption_problem(response, place.kms_key_arn) is not None:
+            return response, None
         return response, _described(key, response)
 
     # -- presigned URLs -----------------------------------------------------------------

@@ -166,21 +166,18 @@ async def test_an_error_answer_with_a_nested_code_fails_the_region(key_arn_map: 
 
 MALFORMED_ANSWERS = {
     # Each header is not what S3's model says (S3 itself never sends these): the request was
-    # sent, so the answer is unreadable, never "refused before sending".
-    "object-size": {"x-amz-object-size": "secretvalue"},
-    "last-modified": {"Last-Modified": "secretvalue"},
-    "parts-count": {"x-amz-mp-parts-count": "secretvalue"},
-    "no-last-modified": {"Last-Modified": ""},
-    "checksum": {"x-amz-checksum-sha256": "secretvalue"},
+    # sent, so the answer is unreadable, never "refused before sending". Beside each: the
+    # calls whose answers carry that header, and so fail; the others succeed.
+    "object-size": ({"x-amz-object-size": "secretvalue"}, {"put"}),
+    "last-modified": ({"Last-Modified": "secretvalue"}, {"head", "get", "stream"}),
+    "parts-count": ({"x-amz-mp-parts-count": "secretvalue"}, {"head", "get", "stream"}),
+    "no-last-modified": ({"Last-Modified": ""}, {"head"}),
+    "checksum": ({"x-amz-checksum-sha256": "secretvalue"}, {"get", "stream"}),
 }
 
 
-@pytest.mark.parametrize("transport", ["lean", "botocore"])
-@pytest.mark.parametrize("malformed", MALFORMED_ANSWERS.values(), ids=list(MALFORMED_ANSWERS))
-async def test_a_malformed_answer_fails_the_region_and_is_never_a_bad_argument(
-    key_arn_map: Path, transport: str, malformed: dict[str, str]
-) -> None:
-    arn = RegionMap.load(key_arn_map).region(Region.EU).kms_key
+def object_answer(arn: str, changes: dict[str, str]) -> Callable[[str, str], Reply]:
+    """A 200 for every request, as S3 answers for the object b"a" under ``arn``, changed."""
 
     def answer(method: str, path: str) -> Reply:
         headers = {
@@ -190,13 +187,23 @@ async def test_a_malformed_answer_fails_the_region_and_is_never_a_bad_argument(
             "Last-Modified": "Tue, 01 Dec 2026 00:00:00 GMT",
             "x-amz-checksum-sha256": "ypeBEsobvcr6wjGzmiPcTaeG7/gUfE5yuYB3ha/uSLs=",  # of b"a"
         }
-        headers.update(malformed)
+        headers.update(changes)
         headers = {name: value for name, value in headers.items() if value}
         return 200, headers, b"" if method != "GET" else b"a"
 
-    settings = unverified(key_arn_map, "", retry_max_attempts=1, transport=transport)
-    with stub_server(answer) as stub:
-        settings = settings.model_copy(update={"endpoint_url": stub.url})
+    return answer
+
+
+@pytest.mark.parametrize("transport", ["lean", "botocore"])
+@pytest.mark.parametrize(
+    ("malformed", "failing"), MALFORMED_ANSWERS.values(), ids=list(MALFORMED_ANSWERS)
+)
+async def test_a_malformed_answer_fails_the_region_and_is_never_a_bad_argument(
+    key_arn_map: Path, transport: str, malformed: dict[str, str], failing: set[str]
+) -> None:
+    arn = RegionMap.load(key_arn_map).region(Region.EU).kms_key
+    with stub_server(object_answer(arn, malformed)) as stub:
+        settings = unverified(key_arn_map, stub.url, retry_max_attempts=1, transport=transport)
         async with ResidencyRouter.from_settings(settings) as router:
             calls: dict[str, Callable[[], Awaitable[object]]] = {
                 "put": lambda: router.put("org-acme", "a.txt", b"a"),
@@ -210,13 +217,43 @@ async def test_a_malformed_answer_fails_the_region_and_is_never_a_bad_argument(
                     await call()
                 except RegionUnavailableError as exc:  # anything else fails the test
                     unreadable[name] = exc
-            # Each malformed header is read by at least one of the calls (the others may
-            # not read it at all: a put's answer has no Last-Modified).
-            assert unreadable, "no call noticed the malformed answer"
+            assert set(unreadable) == failing
             for error in unreadable.values():
                 assert "could not be read" in str(error)
-                assert "secretvalue" not in "".join(traceback.format_exception(error))
+                # Neither the error nor what it was made from shows a value of the answer.
+                for shown in (error, error.__context__):
+                    assert shown is not None
+                    assert "secretvalue" not in "".join(traceback.format_exception(shown))
             assert router.health()[Region.EU].failure_rate > 0
+
+
+@pytest.mark.parametrize("transport", ["lean", "botocore"])
+async def test_a_foreign_region_in_an_unreadable_answer_is_still_refused_as_one(
+    key_arn_map: Path, transport: str
+) -> None:
+    # The redirect guard reads parsed answers; this one cannot be parsed, and still names
+    # another region: it is a residency violation, and the region is quarantined.
+    arn = RegionMap.load(key_arn_map).region(Region.EU).kms_key
+    changes = {"Last-Modified": "secretvalue", "x-amz-bucket-region": "us-east-1"}
+    with stub_server(object_answer(arn, changes)) as stub:
+        settings = unverified(key_arn_map, stub.url, retry_max_attempts=1, transport=transport)
+        async with ResidencyRouter.from_settings(settings) as router:
+            with pytest.raises(ResidencyViolationError, match="us-east-1"):
+                await router.head("org-acme", "a.txt")
+            assert router.health()[Region.EU].state == "quarantined"
+
+
+@pytest.mark.parametrize("transport", ["lean", "botocore"])
+async def test_a_head_under_a_foreign_key_is_refused_as_such_whatever_else_it_lacks(
+    key_arn_map: Path, transport: str
+) -> None:
+    foreign = "arn:aws:kms:eu-west-1:123456789012:key/someone-elses"
+    changes = {"x-amz-server-side-encryption-aws-kms-key-id": foreign, "Last-Modified": ""}
+    with stub_server(object_answer(foreign, changes)) as stub:
+        settings = unverified(key_arn_map, stub.url, retry_max_attempts=1, transport=transport)
+        async with ResidencyRouter.from_settings(settings) as router:
+            with pytest.raises(ResidencyViolationError, match="KMS key other than"):
+                await router.head("org-acme", "a.txt")
 
 
 async def collect(chunks: AsyncIterator[bytes]) -> bytes:
