@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,16 +31,15 @@ import aiohttp
 import boto3
 from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
-from aiobotocore.parsers import AioResponseParserFactory
 from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
 from botocore.httpsession import get_cert_path
-from botocore.parsers import ResponseParserError
 from botocore.utils import S3RegionRedirectorv2
 
+from router._answers import ReadableAnswers, answer_violation
 from router.config import RouterSettings, endpoint_url_problem, proxy_url_problem
-from router.errors import ConfigError, ResidencyViolationError, StorageError
-from router.guards import response_violation, s3_head_probe
+from router.errors import ConfigError, StorageError
+from router.guards import s3_head_probe
 from router.types import AwsRegion
 
 Service = Literal["s3", "kms", "dynamodb"]
@@ -400,99 +399,11 @@ def new_aio_session() -> AioSession:
     """Return a fresh aiobotocore session (credentials resolved as botocore does).
 
     Its clients parse answers with botocore's parsers, but report an answer those cannot
-    read (:func:`unreadable_answer`) as such, never as a bad argument of the caller.
+    read as such (:mod:`router._answers`), never as a bad argument of the caller.
     """
     session = get_session()
-    session.register_component("response_parser_factory", _ReadableAnswers())
+    session.register_component("response_parser_factory", ReadableAnswers())
     return session
-
-
-UNREADABLE = (ValueError, KeyError, IndexError, TypeError, AttributeError, RuntimeError)
-"""What parsing an answer raises when the answer is malformed (a header that is not the
-number or date the model says, a field S3 always sends missing; botocore's timestamp parser
-raises ``RuntimeError`` for a date it cannot place)."""
-
-
-class MalformedAnswerError(ResponseParserError):
-    """An answer arrived but could not be read; ``reason`` says why, without its values.
-
-    ``status`` and ``headers`` (names lowercased) are the answer's, when known, so that a
-    redirect or a foreign region is still refused as such (:func:`answer_violation`).
-    """
-
-    def __init__(
-        self, reason: str, status: int | None = None, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.headers = headers or {}
-
-
-def unreadable_answer(
-    exc: BaseException | None, field: str = "", answer: Mapping[str, Any] | None = None
-) -> MalformedAnswerError:
-    """The error for an answer that arrived but could not be read.
-
-    botocore's parsers raise a plain ``ValueError`` for a malformed header (a timestamp, an
-    integer), which reads like a request refused before sending; the request was sent, and
-    S3 may have acted on it. The reason names the exception (``exc``) or the missing
-    ``field``, never a value: values can quote the object's key. ``answer`` is the raw
-    answer botocore's parser was given (``status_code``, ``headers``), when there is one.
-    """
-    if exc is None:
-        reason = f"no {field}" if field else "malformed"
-    else:
-        reason = f"{field} {type(exc).__name__}" if field else type(exc).__name__
-    if answer is None:
-        return MalformedAnswerError(reason)
-    headers = {str(name).lower(): str(value) for name, value in answer["headers"].items()}
-    return MalformedAnswerError(reason, answer["status_code"], headers)
-
-
-def answer_violation(
-    service: str, aws_region: str, where: str, status: int | None, parsed: Mapping[str, Any]
-) -> ResidencyViolationError | None:
-    """The error for an answer that is a redirect or names another region, or None.
-
-    What :func:`redirect_guard` raises; also applied to answers that could not be parsed,
-    which never reach the guard.
-    """
-    violation = response_violation(status, parsed, aws_region, is_s3=service == "s3")
-    if violation is None:
-        return None
-    error = ResidencyViolationError(
-        f"{service} answered {violation} for {where}: "
-        "redirects and region mismatches are refused, never followed"
-    )
-    error.region_wide = True  # the region itself is unsafe: quarantine it
-    return error
-
-
-class _ReadableAnswers(AioResponseParserFactory):
-    """aiobotocore's parsers, each wrapped by :class:`_GuardedParser`."""
-
-    def create_parser(self, protocol_name: str) -> Any:
-        return _GuardedParser(super().create_parser(protocol_name))
-
-
-class _GuardedParser:
-    """One of botocore's parsers, with what parsing raises turned into :func:`unreadable_answer`."""
-
-    __slots__ = ("_parser",)
-
-    def __init__(self, parser: Any) -> None:
-        self._parser = parser
-
-    async def parse(self, response: dict[str, Any], shape: Any) -> Any:
-        try:
-            return await self._parser.parse(response, shape)
-        except UNREADABLE as exc:
-            # Not chained: the values stay out.
-            raise unreadable_answer(exc, answer=response) from None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._parser, name)
 
 
 async def warm_loader(session: AioSession, services: tuple[str, ...]) -> None:

@@ -14,7 +14,7 @@ from types import TracebackType
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
 
-from router._aws import MalformedAnswerError, answer_violation
+from router._answers import MalformedAnswerError, answer_violation
 from router._retry import error_code, is_transient
 from router._s3.health import HealthBook
 from router.errors import (

@@ -55,7 +55,8 @@ from botocore.utils import parse_timestamp, percent_encode
 from multidict import CIMultiDict
 from yarl import URL
 
-from router._aws import UNREADABLE, LeanHttp, unreadable_answer
+from router._answers import UNREADABLE, unreadable_answer
+from router._aws import LeanHttp
 from router._s3.errors import LeanMisuseError
 from router._s3.sigv4 import HOST_FROM_URL, LeanSigner, SigningRequest
 from router.errors import ConfigError, ResidencyViolationError
@@ -384,7 +385,7 @@ class LeanS3:
                     {"headers": headers, "status_code": status, "body": body or b""},
                     operation.output_shape,
                 )
-            except UNREADABLE as exc:  # as the clients' parsers (router._aws) report it
+            except UNREADABLE as exc:  # as the clients' parsers (router._answers) report it
                 raise unreadable_answer(
                     exc, answer={"headers": headers, "status_code": status}
                 ) from None

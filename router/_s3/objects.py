@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from botocore.exceptions import BotoCoreError
 
-from router._aws import MalformedAnswerError, unreadable_answer
+from router._answers import MalformedAnswerError, unreadable_answer
 from router._s3.bodies import STREAM_CHUNK, Body, body_chunks
 from router._s3.clients import RegionClients
 from router._s3.multipart import HASH_OFF_LOOP_BYTES, Chunks, MultipartUpload
