@@ -13,7 +13,7 @@ from router.errors import (
     OrgRecordConflictError,
     ResidencyError,
 )
-from router.orgs import CachedOrgDirectory
+from router.orgs import CachedOrgDirectory, DynamoDBOrgDirectory
 from router.records import effective, is_fenced, schedule_change, start_move
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
@@ -126,6 +126,19 @@ async def test_concurrent_updates_cannot_clobber_each_other(
             return record
 
         monkeypatch.setattr(CachedOrgDirectory, "fresh", read_then_wait)
+        # The two conditional writes then reach the table one after the other. DynamoDB
+        # decides a condition and a write atomically; moto checks, then writes, unlocked,
+        # so two writes arriving at the same instant can both pass (CI saw both written).
+        write = DynamoDBOrgDirectory.write
+        one_at_a_time = asyncio.Lock()
+
+        async def serialized(
+            directory: DynamoDBOrgDirectory, record: OrgResidency, *, expected_version: int | None
+        ) -> None:
+            async with one_at_a_time:
+                await write(directory, record, expected_version=expected_version)
+
+        monkeypatch.setattr(DynamoDBOrgDirectory, "write", serialized)
         results = await asyncio.gather(
             router.update_org(ORG, zero_data_retention=True),
             router.update_org(ORG, training_opt_in=True),
