@@ -14,7 +14,7 @@ from datetime import datetime
 from router.errors import DirectoryUnavailableError
 from router.inputs import object_key, parse_data_class, parse_org_id, plain_object_key
 from router.orgs import CachedOrgDirectory
-from router.policy import KeptTags, kept_tags, placement
+from router.policy import KeptPut, kept_put, placement
 from router.records import effective, fence_error, is_fenced, next_instant
 from router.regions import RegionMap
 from router.types import DataClass, OrgId, OrgResidency, Placement, Region
@@ -34,7 +34,8 @@ class Resolved:
     raw: OrgResidency
     until: datetime | None = None
     fenced: bool = False
-    kept: dict[DataClass, KeptTags] = field(default_factory=dict)
+    # By data class, as member and as value: the warm put looks up what the caller passed.
+    puts: dict[str, KeptPut] = field(default_factory=dict)
 
     def check_writable(self) -> None:
         """Raise unless the org's writes are allowed now.
@@ -45,11 +46,17 @@ class Resolved:
         if self.fenced:
             raise fence_error(self.raw)
 
-    def tags_for(self, data_class: DataClass) -> KeptTags | None:
-        """The precomputed tags of a kept data class (None for inputs/outputs)."""
-        kept = self.kept.get(data_class)
-        if kept is None and data_class is not DataClass.INPUTS_OUTPUTS:
-            kept = self.kept[data_class] = kept_tags(self.record, data_class)
+    def kept_put(self, data_class: DataClass) -> KeptPut:
+        """What this org's puts of ``data_class`` share, computed on first use.
+
+        Raises:
+            InvalidKeyError: ``inputs_outputs``, recorded only through ``record_exchange``.
+        """
+        kept = self.puts.get(data_class)
+        if kept is None:
+            kept = self.puts[data_class] = self.puts[data_class.value] = kept_put(
+                self.record, self.place, data_class
+            )
         return kept
 
 

@@ -21,7 +21,7 @@ from router.errors import (
     ResidencyViolationError,
     StorageError,
 )
-from router.inputs import object_key, org_prefix, plain_str, split_object_key
+from router.inputs import MAX_FULL_KEY_BYTES, object_key, org_prefix, plain_str, split_object_key
 from router.regions import EndpointRule, RegionMap
 from router.types import (
     KEY_ROOT,
@@ -83,17 +83,37 @@ def encode_tags(tags: Mapping[str, str]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class KeptTags:
-    """The tags of an org's objects that are kept until deleted, and their header form."""
+class KeptPut:
+    """What every put of one org's kept data class shares: computed once per cached record.
 
+    ``prefix`` is the full key up to the caller's key; ``key_room`` how many characters of
+    a printable-ASCII caller key still fit S3's 1024-byte limit after it.
+    """
+
+    placement: Placement
+    data_class: DataClass
+    prefix: str
     tags: Mapping[str, str]
     header: str
+    reason: str
+    key_room: int
 
-
-def kept_tags(org: OrgResidency, data_class: DataClass) -> KeptTags:
-    """Return the tags of ``org``'s ``data_class`` objects kept until deleted (cacheable)."""
-    tags = object_tags(org, data_class, None)
-    return KeptTags(tags, encode_tags(tags))
+    def decision(self, full_key: str) -> WriteDecision:
+        """The decision of a put under ``full_key``, which must already be checked."""
+        # tuple.__new__ skips the generated __new__: this runs on every put.
+        return _new_tuple(
+            WriteDecision,
+            (
+                self.placement,
+                self.data_class,
+                full_key,
+                self.tags,
+                True,
+                self.reason,
+                None,
+                self.header,
+            ),
+        )
 
 
 _new_tuple = tuple.__new__
@@ -121,13 +141,32 @@ def object_tags(
     return MappingProxyType(tags)
 
 
+def kept_put(org: OrgResidency, place: Placement, data_class: DataClass) -> KeptPut:
+    """Return what ``org``'s puts of ``data_class`` share: files and fine-tuning data.
+
+    Raises:
+        InvalidKeyError: ``inputs_outputs``, recorded only through ``record_exchange``.
+    """
+    if data_class is _INPUTS_OUTPUTS:
+        raise InvalidKeyError(
+            "put does not accept inputs_outputs: record API inputs and outputs with "
+            "record_exchange, which applies retention and zero data retention"
+        )
+    tags = object_tags(org, data_class, None)
+    prefix = f"{KEY_ROOT}/{org.org_id}/{data_class.value}/"
+    return KeptPut(
+        place,
+        data_class,
+        prefix,
+        tags,
+        encode_tags(tags),
+        _KEPT_REASON[data_class],
+        MAX_FULL_KEY_BYTES - len(prefix.encode("utf-8")),
+    )
+
+
 def decide_put(
-    org: OrgResidency,
-    place: Placement,
-    data_class: DataClass,
-    key: str,
-    full_key: str | None = None,
-    kept: KeptTags | None = None,
+    org: OrgResidency, place: Placement, data_class: DataClass, key: str
 ) -> WriteDecision:
     """Decide a caller's ``put``: files and fine-tuning data, kept until deleted.
 
@@ -135,19 +174,8 @@ def decide_put(
         InvalidKeyError: ``inputs_outputs`` (recorded only through ``record_exchange``) or a
             key that breaks a key rule.
     """
-    if data_class is _INPUTS_OUTPUTS:
-        raise InvalidKeyError(
-            "put does not accept inputs_outputs: record API inputs and outputs with "
-            "record_exchange, which applies retention and zero data retention"
-        )
-    full = full_key if full_key is not None else object_key(org.org_id, data_class, key)
-    if kept is None:
-        kept = kept_tags(org, data_class)
-    # tuple.__new__ skips the generated __new__: this runs on every put.
-    return _new_tuple(
-        WriteDecision,
-        (place, data_class, full, kept.tags, True, _KEPT_REASON[data_class], None, kept.header),
-    )
+    kept = kept_put(org, place, data_class)
+    return kept.decision(object_key(org.org_id, data_class, key))
 
 
 def write_receipt(decision: WriteDecision, version_id: str | None, sha256: str) -> WriteReceipt:

@@ -18,16 +18,13 @@ from router.audit import OperationAudit
 from router.inputs import (
     check_content_type,
     check_metadata,
+    is_plain_key,
     parse_byte_range,
     parse_expires_in,
     parse_org_id,
     sha256_b64,
 )
-from router.policy import (
-    WriteDecision,
-    decide_put,
-    write_receipt,
-)
+from router.policy import WriteDecision, write_receipt
 from router.records import fence_error
 from router.types import (
     DataClass,
@@ -46,11 +43,11 @@ PRESIGN_MAX_S = 7 * 24 * 3600  # SigV4's limit
 DEFAULT_UPLOAD_TYPE = "application/octet-stream"
 
 
-def _decided_put(resolved: Resolved, cls: DataClass, key: str, full: str) -> WriteDecision:
+def _decided_put(resolved: Resolved, cls: DataClass, full: str) -> WriteDecision:
     """The decision of a put for an org's resolved record (refused while its writes are fenced)."""
     if resolved.fenced:
         resolved.check_writable()
-    return decide_put(resolved.record, resolved.place, cls, key, full, resolved.tags_for(cls))
+    return resolved.kept_put(cls).decision(full)
 
 
 class ResidencyRouter(OrgAdmin, ProcessingOps, Listings):
@@ -106,6 +103,23 @@ class ResidencyRouter(OrgAdmin, ProcessingOps, Listings):
         the directory's errors (a cold org returns None instead).
         """
         wiring = self._open()
+        # The common case in one pass: the cache holds only ids that passed the rules, the
+        # org's shared part of a kept class's puts is computed once, and a printable-ASCII
+        # key that fits needs no more than is_plain_key. Anything else takes the full path.
+        if org_id.__class__ is str and key.__class__ is str:
+            resolved = wiring.resolver.warm(org_id)
+            if resolved is not None and (
+                data_class.__class__ is DataClass or data_class.__class__ is str
+            ):
+                kept = resolved.puts.get(data_class)  # a member or its value
+                if kept is not None and len(key) <= kept.key_room and is_plain_key(key):
+                    if metadata is not None:
+                        check_metadata(metadata)
+                    if content_type is not None:
+                        check_content_type(content_type)
+                    if resolved.fenced:
+                        resolved.check_writable()
+                    return kept.decision(kept.prefix + key)
         org, cls, full = checked_key(org_id, key, data_class)
         if metadata is not None:
             check_metadata(metadata)
@@ -114,7 +128,7 @@ class ResidencyRouter(OrgAdmin, ProcessingOps, Listings):
         resolved = wiring.resolver.warm(org)
         if resolved is None:
             return None
-        return _decided_put(resolved, cls, key, full)
+        return _decided_put(resolved, cls, full)
 
     async def _plan_put(
         self,
@@ -136,7 +150,7 @@ class ResidencyRouter(OrgAdmin, ProcessingOps, Listings):
         Its checks passed there; the record is resolved through the directory here.
         """
         org, cls, full = checked_key(org_id, key, data_class)
-        return _decided_put(await self._open().resolver.resolve(org), cls, key, full)
+        return _decided_put(await self._open().resolver.resolve(org), cls, full)
 
     async def put(
         self,

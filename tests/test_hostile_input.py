@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import random
 from typing import Any
 
 import pytest
@@ -9,18 +10,20 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.errors import ConfigError, InvalidKeyError, UnknownOrgError
+from router.errors import ConfigError, InvalidKeyError, ResidencyError, UnknownOrgError
 from router.inputs import (
     is_plain_key,
     object_key,
+    parse_data_class,
     parse_org_id,
     slow_key_problem,
     split_object_key,
 )
+from router.policy import decide_put
 from router.regions import RegionMap
 from router.routing import ResidencyRouter
 from router.testing import ResidencyWorld
-from router.types import DataClass, OrgId
+from router.types import DataClass, OrgId, OrgResidency, Region
 from tests.conftest import REGIONS_FILE, RequestLog
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -250,3 +253,69 @@ async def test_unknown_org_with_hostile_key_sends_nothing(
 def test_key_fast_path_never_accepts_what_the_full_rules_refuse(key: str) -> None:
     if is_plain_key(key):
         assert slow_key_problem(key) is None, repr(key)
+
+
+class _Str(str):
+    """A str subclass: the warm path must not take it for a plain str."""
+
+
+class _Posing:
+    """Not a str, yet hashes and compares as one: a dict lookup alone would accept it."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
+def _outcome(decide: Any, *args: Any) -> tuple[Any, ...]:
+    try:
+        decision = decide(*args)
+    except (TypeError, ResidencyError) as exc:
+        return (type(exc), str(exc))
+    return (decision, decision.tagging())
+
+
+async def test_the_warm_put_decides_exactly_as_the_full_rules(
+    residency_router: ResidencyRouter,
+) -> None:
+    # The cached fast path of put (one dict hit, is_plain_key, a length check) against the
+    # policy's own decide_put after the full validators: same decision or same error.
+    record = OrgResidency(OrgId("org-acme"), Region.EU)
+    place = await residency_router.resolve("org-acme")
+    prefix_room = 1024 - len("orgs/org-acme/files/")
+    rng = random.Random(15)
+    alphabet = "ab/.%\\~ \x00\x1f\x7f\u00e9\u20ac\U0001f600\ud800"
+    keys = [
+        *TRAVERSAL,
+        "k" * prefix_room,
+        "k" * (prefix_room + 1),
+        "k" * (prefix_room - 1) + "\u00e9",
+        "k" * (1024 - len("orgs/org-acme/fine_tuning/")),
+        "k" * (1025 - len("orgs/org-acme/fine_tuning/")),
+        *("".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 24))) for _ in range(300)),
+    ]
+    classes: list[Any] = [
+        *DataClass,
+        *(c.value for c in DataClass),
+        _Str("files"),
+        _Posing("files"),
+        "nope",
+        5,
+    ]
+
+    def full_rules(org: Any, key: Any, data_class: Any, metadata: None) -> Any:
+        cls = parse_data_class(data_class)  # the order put documents: class, id, key, policy
+        object_key(parse_org_id(org), cls, key)
+        return decide_put(record, place, cls, key)
+
+    for key in keys:
+        for data_class in classes:
+            for org in ("org-acme", _Str("org-acme")):
+                args = (org, key, data_class, None)
+                warm = _outcome(residency_router._warm_put, *args)
+                assert warm == _outcome(full_rules, *args), args
