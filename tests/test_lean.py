@@ -31,6 +31,8 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, NoCredentialsError, ParamValidationError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from yarl import URL
 
 from router._aws import (
@@ -43,7 +45,7 @@ from router._aws import (
     redirect_guard,
 )
 from router._s3.lean import LeanS3, bucket_url
-from router._s3.sigv4 import sigv4_timestamp
+from router._s3.sigv4 import HeaderMap, LeanSigner, SigningCache, sigv4_timestamp
 from router.config import RouterSettings
 from router.errors import RegionUnavailableError, ResidencyError, ResidencyViolationError
 from router.regions import RegionMap
@@ -332,6 +334,51 @@ async def test_lean_request_is_signed_exactly_as_botocore_signs_it(
 )
 def test_lean_timestamp_is_botocores_format_of_the_same_clock(now: datetime.datetime) -> None:
     assert sigv4_timestamp(now) == now.strftime(botocore.auth.SIGV4_TIMESTAMP)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.datetimes(
+        min_value=datetime.datetime(999, 12, 31, 23, 59),
+        timezones=st.none() | st.just(datetime.UTC),
+    ),
+    steps=st.lists(st.integers(-2_500_000, 2_500_000), min_size=1, max_size=12),
+)
+def test_the_kept_timestamp_is_botocores_format_whatever_the_clock_does(
+    start: datetime.datetime, steps: list[int]
+) -> None:
+    # One second's timestamp is kept: a clock that moves back and forth by up to a few
+    # seconds (a tick apart, the same second, a year of three digits, aware or naive) must
+    # still get each moment's own second.
+    cache = SigningCache()
+    for step in steps:
+        now = start + datetime.timedelta(microseconds=step)
+        assert cache.timestamp(now) == now.strftime(botocore.auth.SIGV4_TIMESTAMP), now
+
+
+_HEADER_VALUES = st.text(
+    st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40
+) | st.sampled_from(["", " ", "a  b", " a\tb ", "a\u00a0b", "a\u2028b", "x\x1fy", "a\x85b"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    headers=st.dictionaries(st.from_regex(r"x-amz-meta-[a-z]{1,8}", fullmatch=True), _HEADER_VALUES)
+)
+def test_lean_canonical_headers_are_botocores_for_any_value(headers: dict[str, str]) -> None:
+    signer = LeanSigner(Credentials("AKID", "secret"), "eu-west-1", "h", SigningCache())
+    signing_map = HeaderMap(headers, sorted(headers))
+    assert signer.canonical_headers(signing_map) == botocore.auth.SigV4Auth.canonical_headers(
+        signer, signing_map
+    )
+
+
+def test_the_kept_orders_of_header_names_are_bounded() -> None:
+    cache = SigningCache()
+    for n in range(SigningCache.MAX_ORDERS * 3):
+        names = (f"x-amz-meta-{n}", "host", "x-amz-date")
+        assert cache.order(names) == sorted(names)
+        assert len(cache.orders) <= SigningCache.MAX_ORDERS
 
 
 @pytest.mark.usefixtures("frozen_clock")

@@ -24,7 +24,6 @@ on aiobotocore.
 
 from __future__ import annotations
 
-import hmac
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -58,7 +57,7 @@ from yarl import URL
 from router._answers import UNREADABLE, unreadable_answer
 from router._aws import LeanHttp
 from router._s3.errors import LeanMisuseError
-from router._s3.sigv4 import HOST_FROM_URL, LeanSigner, SigningRequest
+from router._s3.sigv4 import HOST_FROM_URL, LeanSigner, SigningCache, SigningRequest
 from router.errors import ConfigError, ResidencyViolationError
 
 if TYPE_CHECKING:
@@ -189,10 +188,10 @@ class LeanS3:
         "_handlers",
         "_host",
         "_http",
-        "_keys",
         "_operations",
         "_parser",
         "_region",
+        "_signing",
     )
 
     def __init__(
@@ -214,7 +213,7 @@ class LeanS3:
         self._base_url = base_url
         self._host: str = HOST_FROM_URL(base_url)
         self._base_path: str = urlsplit(base_url).path
-        self._keys: dict[tuple[str, str], hmac.HMAC] = {}
+        self._signing = SigningCache()
         self._guard = guard
         self._config = client.meta.config
         model = client.meta.service_model
@@ -336,7 +335,7 @@ class LeanS3:
         request: Any = SigningRequest(method, url, self._base_path + encoded_key, headers, body)
         request.context["client_config"] = self._config
         request.context["has_streaming_input"] = body is not None
-        LeanSigner(credentials, self._region, self._host, self._keys).add_auth(request)
+        LeanSigner(credentials, self._region, self._host, self._signing).add_auth(request)
         signed = request.headers
         if self._handlers:
             self._emit(operation, method, url, signed, body)

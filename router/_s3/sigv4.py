@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Mapping
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from botocore import auth as botocore_auth
@@ -24,21 +24,76 @@ from multidict import CIMultiDict
 HOST_FROM_URL: Callable[[str], str] = botocore_auth._host_from_url  # type: ignore[attr-defined]
 
 
+# The headers botocore never signs (its list, as a set).
+_NOT_SIGNED = frozenset(SIGNED_HEADERS_BLACKLIST)
+
+
 class HeaderMap(dict[str, str]):
     """The headers to sign, as botocore's signer reads them (``get_all``), in a plain dict.
 
-    Made once per request, once every header is set; ``names`` are its keys in SigV4's
-    order (lowercase, sorted), worked out once then.
+    Made once per request, once every header is set; ``pairs`` are its items and ``names``
+    its keys in SigV4's order (lowercase, sorted), worked out once then.
     """
 
-    __slots__ = ("names",)
+    __slots__ = ("names", "pairs")
 
-    def __init__(self, headers: Mapping[str, str]) -> None:
+    def __init__(self, headers: dict[str, str], names: list[str]) -> None:
         super().__init__(headers)
-        self.names: list[str] = sorted(self)
+        self.names = names
+        self.pairs = [(name, headers[name]) for name in names]
 
     def get_all(self, name: str) -> list[str]:
         return [self[name]]
+
+
+class SigningCache:
+    """What the signing of one bucket's requests can keep from one request to the next.
+
+    * the signing key (four HMACs of the secret, the day, the region and the service, by
+      botocore's own steps), per secret and day, as the other AWS SDKs keep it: as an HMAC
+      already keyed with it, so only the last HMAC, of the string to sign, is made per request;
+    * the SigV4 timestamp of the current second of botocore's clock;
+    * the SigV4 order of each set of header names seen (a request's names are the same as
+      the last one's but for its metadata), bounded.
+    """
+
+    __slots__ = ("_second", "_stamp", "keys", "orders")
+
+    MAX_ORDERS = 256
+
+    def __init__(self) -> None:
+        self.keys: dict[tuple[str, str], hmac.HMAC] = {}
+        self.orders: dict[tuple[str, ...], list[str]] = {}
+        self._second: datetime | None = None
+        self._stamp = ""
+
+    def timestamp(self, now: datetime) -> str:
+        """``sigv4_timestamp(now)``, formatted once per second of a naive clock."""
+        second = self._second
+        if (
+            second is not None
+            and now.tzinfo is None
+            and second <= now
+            and now - second < _ONE_SECOND
+        ):
+            return self._stamp
+        stamp = sigv4_timestamp(now)
+        if now.tzinfo is None:
+            self._second = now.replace(microsecond=0)
+            self._stamp = stamp
+        return stamp
+
+    def order(self, names: tuple[str, ...]) -> list[str]:
+        """``sorted(names)``, kept for the next request with the same names."""
+        order = self.orders.get(names)
+        if order is None:
+            if len(self.orders) >= self.MAX_ORDERS:
+                self.orders.clear()
+            order = self.orders[names] = sorted(names)
+        return order
+
+
+_ONE_SECOND = timedelta(seconds=1)
 
 
 class LeanSigner(S3SigV4Auth):
@@ -52,28 +107,26 @@ class LeanSigner(S3SigV4Auth):
     for the map twice while the headers stay as they are, so it is made once per request.
     The map's names are lowercase and unique, so the canonical headers and the signed-header
     list are botocore's with the set and lowercasing left out, from names sorted once (the
-    signer sorted them three times a request); each value still goes through botocore's
-    ``_header_value`` (trim, inner runs of spaces made one).
-    The signing key (four HMACs of the secret, the day, the region and the service, by
-    botocore's own steps) is kept per secret and day, as the other AWS SDKs keep it, as an
-    HMAC already keyed with it; only the last HMAC, of the string to sign, is made per
-    request, from a copy of that one.
+    signer sorted them three times a request); each value goes through botocore's
+    ``_header_value`` (trim, inner runs of spaces made one) unless it holds no whitespace,
+    which that would leave as it is.
+    What can be kept from one request to the next (the signing key, the second's timestamp,
+    the order of the names) is kept in a :class:`SigningCache`.
     ``tests/test_lean.py`` compares the canonical request and signature with botocore's for
     the same inputs.
     """
 
-    def __init__(
-        self, credentials: Any, aws_region: str, host: str, keys: dict[tuple[str, str], hmac.HMAC]
-    ) -> None:
+    def __init__(self, credentials: Any, aws_region: str, host: str, cache: SigningCache) -> None:
         super().__init__(credentials, "s3", aws_region)
         self._host = host
-        self._keys = keys
+        self._cache = cache
 
     def signature(self, string_to_sign: str, request: Any) -> str:
         day: str = request.context["timestamp"][0:8]
         signer: Any = self  # botocore's attributes, not all in its type stubs
         secret: str = signer.credentials.secret_key
-        keyed = self._keys.get((secret, day))
+        keys = self._cache.keys
+        keyed = keys.get((secret, day))
         if keyed is None:
             sign = signer._sign
             k_date = sign(f"AWS4{secret}".encode(), day)
@@ -81,8 +134,8 @@ class LeanSigner(S3SigV4Auth):
             k_service = sign(k_region, signer._service_name)
             k_signing = sign(k_service, "aws4_request")
             keyed = hmac.new(k_signing, digestmod=hashlib.sha256)
-            self._keys.clear()  # one secret and day at a time: rotated secrets do not pile up
-            self._keys[(secret, day)] = keyed
+            keys.clear()  # one secret and day at a time: rotated secrets do not pile up
+            keys[(secret, day)] = keyed
         # botocore's last step, HMAC-SHA256 of the string to sign under the signing key,
         # from a copy of the HMAC already keyed (keying it is most of an HMAC's cost).
         mac = keyed.copy()
@@ -100,7 +153,7 @@ class LeanSigner(S3SigV4Auth):
             raise NoCredentialsError()
         signer: Any = self  # botocore's attributes, not all in its type stubs
         now = botocore_auth.get_current_datetime()  # type: ignore[attr-defined]
-        request.context["timestamp"] = sigv4_timestamp(now)
+        request.context["timestamp"] = self._cache.timestamp(now)
         signer._modify_request_before_signing(request)
         canonical_request = self.canonical_request(request)
         string_to_sign = self.string_to_sign(request, canonical_request)
@@ -138,7 +191,16 @@ class LeanSigner(S3SigV4Auth):
         header_map: HeaderMap = headers_to_sign
         signer: Any = self  # botocore's attributes, not all in its type stubs
         trim = signer._header_value  # botocore's trim: ends cut, inner runs of spaces made one
-        return "\n".join([f"{name}:{trim(header_map[name])}" for name in header_map.names])
+        # A value with no space that is printable holds no whitespace at all (str.split's
+        # whitespace is spaces, separators and control characters): trim leaves it as it is.
+        return "\n".join(
+            [
+                f"{name}:{value}"
+                if " " not in value and value.isprintable()
+                else f"{name}:{trim(value)}"
+                for name, value in header_map.pairs
+            ]
+        )
 
     def signed_headers(self, headers_to_sign: Any) -> str:
         header_map: HeaderMap = headers_to_sign
@@ -148,14 +210,12 @@ class LeanSigner(S3SigV4Auth):
         header_map: HeaderMap | None = request.header_map
         if header_map is not None:
             return header_map
-        selected: dict[str, str] = {}
-        for name, value in request.headers.items():
-            lname = name.lower()
-            if lname not in SIGNED_HEADERS_BLACKLIST:
-                selected[lname] = value
+        selected = {name.lower(): value for name, value in request.headers.items()}
+        for name in _NOT_SIGNED.intersection(selected):
+            del selected[name]
         if "host" not in selected:
             selected["host"] = self._host
-        header_map = request.header_map = HeaderMap(selected)
+        header_map = request.header_map = HeaderMap(selected, self._cache.order(tuple(selected)))
         return header_map
 
 
