@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
-from datetime import datetime, timedelta
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore import auth as botocore_auth
@@ -28,22 +29,41 @@ HOST_FROM_URL: Callable[[str], str] = botocore_auth._host_from_url  # type: igno
 _NOT_SIGNED = frozenset(SIGNED_HEADERS_BLACKLIST)
 
 
-class HeaderMap(dict[str, str]):
-    """The headers to sign, as botocore's signer reads them (``get_all``), in a plain dict.
+class HeaderMap:
+    """The headers to sign, as botocore's signer reads them (``get_all``).
 
-    Made once per request, once every header is set; ``pairs`` are its items and ``names``
-    its keys in SigV4's order (lowercase, sorted), worked out once then.
+    Made once per request, once every header is set: ``pairs`` are the lowercase names and
+    their values, and ``names`` the names, in SigV4's order (sorted).
     """
 
     __slots__ = ("names", "pairs")
 
-    def __init__(self, headers: dict[str, str], names: list[str]) -> None:
-        super().__init__(headers)
-        self.names = names
-        self.pairs = [(name, headers[name]) for name in names]
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+        self.names = [name for name, _ in pairs]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
 
     def get_all(self, name: str) -> list[str]:
-        return [self[name]]
+        return [value for key, value in self.pairs if key == name]
+
+
+# How a request's header names (as set, in order) become the signed ones: for each lowercase
+# name but botocore's blacklisted, in sorted order, the position of its last value (-1:
+# ``host``, from the URL).
+_Selection = list[tuple[str, int]]
+
+
+def _selection(names: tuple[str, ...]) -> _Selection:
+    """The headers botocore signs, as positions in ``names`` (see :data:`_Selection`)."""
+    last: dict[str, int] = {}
+    for position, name in enumerate(names):
+        lname = name.lower()
+        if lname not in _NOT_SIGNED:
+            last[lname] = position  # a later value of the same name stands, as in botocore
+    last.setdefault("host", -1)
+    return sorted(last.items())
 
 
 class SigningCache:
@@ -52,48 +72,63 @@ class SigningCache:
     * the signing key (four HMACs of the secret, the day, the region and the service, by
       botocore's own steps), per secret and day, as the other AWS SDKs keep it: as an HMAC
       already keyed with it, so only the last HMAC, of the string to sign, is made per request;
-    * the SigV4 timestamp of the current second of botocore's clock;
-    * the SigV4 order of each set of header names seen (a request's names are the same as
-      the last one's but for its metadata), bounded.
+    * the SigV4 timestamp of the current second, while botocore's clock is botocore's own;
+    * the credential scope of the day;
+    * botocore's selection and order of the headers to sign for each set of header names
+      seen (a request's names are the last one's but for its metadata), bounded.
     """
 
-    __slots__ = ("_second", "_stamp", "keys", "orders")
+    __slots__ = ("_scope", "_scope_key", "_second", "_stamp", "keys", "selections")
 
-    MAX_ORDERS = 256
+    MAX_SELECTIONS = 256
 
     def __init__(self) -> None:
         self.keys: dict[tuple[str, str], hmac.HMAC] = {}
-        self.orders: dict[tuple[str, ...], list[str]] = {}
-        self._second: datetime | None = None
+        self.selections: dict[tuple[str, ...], _Selection] = {}
+        self._second = -1
         self._stamp = ""
+        self._scope_key: tuple[str, str, str] | None = None
+        self._scope = ""
 
-    def timestamp(self, now: datetime) -> str:
-        """``sigv4_timestamp(now)``, formatted once per second of a naive clock."""
-        second = self._second
-        if (
-            second is not None
-            and now.tzinfo is None
-            and second <= now
-            and now - second < _ONE_SECOND
-        ):
-            return self._stamp
-        stamp = sigv4_timestamp(now)
-        if now.tzinfo is None:
-            self._second = now.replace(microsecond=0)
-            self._stamp = stamp
-        return stamp
+    def timestamp(self) -> str:
+        """The SigV4 timestamp of botocore's clock now (``botocore.auth.get_current_datetime``).
 
-    def order(self, names: tuple[str, ...]) -> list[str]:
-        """``sorted(names)``, kept for the next request with the same names."""
-        order = self.orders.get(names)
-        if order is None:
-            if len(self.orders) >= self.MAX_ORDERS:
-                self.orders.clear()
-            order = self.orders[names] = sorted(names)
-        return order
+        botocore's own clock reads the system's real-time clock, as ``time.time`` does, and
+        the timestamp keeps its whole seconds: while it is botocore's, the second is read
+        there and formatted once. A clock put in its place (a test's, say) is read as
+        botocore reads it, on every request.
+        """
+        clock = botocore_auth.get_current_datetime  # type: ignore[attr-defined]
+        if clock is not _BOTOCORE_CLOCK:
+            return sigv4_timestamp(clock())
+        second = int(wall_clock())
+        if second != self._second:
+            self._stamp = sigv4_timestamp(datetime.fromtimestamp(second, UTC).replace(tzinfo=None))
+            self._second = second
+        return self._stamp
+
+    def scope(self, day: str, aws_region: str, service: str) -> str:
+        """The credential scope as botocore makes it: ``{day}/{region}/{service}/aws4_request``."""
+        key = (day, aws_region, service)
+        if key != self._scope_key:
+            self._scope = f"{day}/{aws_region}/{service}/aws4_request"
+            self._scope_key = key
+        return self._scope
+
+    def selection(self, names: tuple[str, ...]) -> _Selection:
+        """:func:`_selection` of ``names``, kept for the next request with the same names."""
+        selection = self.selections.get(names)
+        if selection is None:
+            if len(self.selections) >= self.MAX_SELECTIONS:
+                self.selections.clear()
+            selection = self.selections[names] = _selection(names)
+        return selection
 
 
-_ONE_SECOND = timedelta(seconds=1)
+# botocore's clock as botocore ships it (a test may put another in its place), and the
+# real-time clock it reads.
+_BOTOCORE_CLOCK = botocore_auth.get_current_datetime  # type: ignore[attr-defined]
+wall_clock = time.time
 
 
 class LeanSigner(S3SigV4Auth):
@@ -152,8 +187,7 @@ class LeanSigner(S3SigV4Auth):
         if self.credentials is None:
             raise NoCredentialsError()
         signer: Any = self  # botocore's attributes, not all in its type stubs
-        now = botocore_auth.get_current_datetime()  # type: ignore[attr-defined]
-        request.context["timestamp"] = self._cache.timestamp(now)
+        request.context["timestamp"] = self._cache.timestamp()
         signer._modify_request_before_signing(request)
         canonical_request = self.canonical_request(request)
         string_to_sign = self.string_to_sign(request, canonical_request)
@@ -210,13 +244,29 @@ class LeanSigner(S3SigV4Auth):
         header_map: HeaderMap | None = request.header_map
         if header_map is not None:
             return header_map
-        selected = {name.lower(): value for name, value in request.headers.items()}
-        for name in _NOT_SIGNED.intersection(selected):
-            del selected[name]
-        if "host" not in selected:
-            selected["host"] = self._host
-        header_map = request.header_map = HeaderMap(selected, self._cache.order(tuple(selected)))
+        headers = request.headers
+        values = list(headers.values())
+        host = self._host
+        selection = self._cache.selection(tuple(headers.keys()))
+        header_map = request.header_map = HeaderMap(
+            [(name, values[at] if at >= 0 else host) for name, at in selection]
+        )
         return header_map
+
+    def credential_scope(self, request: Any) -> str:
+        signer: Any = self  # botocore's attributes, not all in its type stubs
+        day: str = request.context["timestamp"][0:8]
+        return self._cache.scope(day, signer._region_name, signer._service_name)
+
+    def scope(self, request: Any) -> str:
+        signer: Any = self  # botocore's attributes, not all in its type stubs
+        return f"{signer.credentials.access_key}/{self.credential_scope(request)}"
+
+    def string_to_sign(self, request: Any, canonical_request: str) -> str:
+        """The string to sign as botocore makes it (algorithm, timestamp, scope, request hash)."""
+        digest = hashlib.sha256(canonical_request.encode("utf-8")).hexdigest()
+        timestamp: str = request.context["timestamp"]
+        return f"AWS4-HMAC-SHA256\n{timestamp}\n{self.credential_scope(request)}\n{digest}"
 
 
 def sigv4_timestamp(now: datetime) -> str:
