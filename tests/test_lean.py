@@ -32,6 +32,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, NoCredentialsError, ParamValidationError
+from botocore.utils import percent_encode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
@@ -47,7 +48,7 @@ from router._aws import (
     redirect_guard,
 )
 from router._s3 import sigv4
-from router._s3.lean import LeanS3, bucket_url
+from router._s3.lean import LeanS3, _encoded_key, bucket_url
 from router._s3.sigv4 import HeaderMap, LeanSigner, SigningCache, SigningRequest, sigv4_timestamp
 from router.config import RouterSettings
 from router.errors import RegionUnavailableError, ResidencyError, ResidencyViolationError
@@ -337,6 +338,16 @@ async def test_lean_request_is_signed_exactly_as_botocore_signs_it(
 )
 def test_lean_timestamp_is_botocores_format_of_the_same_clock(now: datetime.datetime) -> None:
     assert sigv4_timestamp(now) == now.strftime(botocore.auth.SIGV4_TIMESTAMP)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    key=st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1)
+    | st.text("abcXYZ019_.-~/", min_size=1)
+    | st.text("abc/%?#+ =&:@!$'()*,;[]", min_size=1)
+)
+def test_a_lean_key_is_encoded_as_botocore_encodes_it(key: str) -> None:
+    assert _encoded_key(key) == percent_encode(key, safe="/~")
 
 
 @settings(max_examples=300, deadline=None)

@@ -25,6 +25,7 @@ on aiobotocore.
 from __future__ import annotations
 
 import socket
+import string
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -433,8 +434,15 @@ def _encoded_key(key: str) -> str:
         raise ParamValidationError(
             report="Invalid length for parameter Key, value: 0, valid min length: 1"
         )
+    if key.__class__ is str and not key.strip(_UNQUOTED):
+        return key  # every character one that percent-encoding leaves as it is
     encoded: str = percent_encode(key, safe="/~")
     return encoded
+
+
+# What percent-encoding with ``safe="/~"`` leaves as it is: urllib's always-safe characters
+# (letters, digits, ``_.-~``) and ``/``.
+_UNQUOTED = string.ascii_letters + string.digits + "_.-~/"
 
 
 class _Translated:
