@@ -352,22 +352,26 @@ def test_a_lean_key_is_encoded_as_botocore_encodes_it(key: str) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    start=st.floats(min_value=0, max_value=2**34),
-    steps=st.lists(st.floats(min_value=-2.5, max_value=2.5), min_size=1, max_size=12),
+    start=st.integers(min_value=0, max_value=2**34 * 10**9),
+    steps=st.lists(st.integers(min_value=-2_500_000_000, max_value=2_500_000_000), max_size=12),
 )
 def test_the_kept_timestamp_is_botocores_clock_formatted_whatever_the_clock_does(
-    start: float, steps: list[float]
+    start: int, steps: list[int]
 ) -> None:
     # One second's timestamp is kept: a real-time clock that moves back and forth by up to
-    # a few seconds (a tick apart, the same second) must still get each moment's own second,
-    # as botocore's clock (datetime.now(UTC), that clock's reading) formats it.
+    # a few seconds (a nanosecond apart, the same second) must still get each moment's own
+    # second, as botocore's clock (datetime.now(UTC): that clock floored to microseconds)
+    # formats it.
     cache = SigningCache()
     with pytest.MonkeyPatch.context() as patch:
-        for step in steps:
-            moment = max(start + step, 0.0)
+        for step in [0, -1, 1, *steps]:
+            moment = max(start + step, 0)
             patch.setattr(sigv4, "wall_clock", lambda moment=moment: moment)
-            expected = datetime.datetime.fromtimestamp(moment, datetime.UTC)
+            expected = EPOCH + datetime.timedelta(microseconds=moment // 1000)
             assert cache.timestamp() == expected.strftime(botocore.auth.SIGV4_TIMESTAMP), moment
+
+
+EPOCH = datetime.datetime(1970, 1, 1)
 
 
 def test_a_clock_put_in_botocores_place_is_read_as_botocore_reads_it(
@@ -933,6 +937,22 @@ async def test_lean_reads_an_answer_as_botocore_reads_it_repeated_headers_too() 
     assert read["lean"][0]["ResponseMetadata"]["HTTPHeaders"]["x-amz-bucket-region"] == EU
     assert read["lean"][0]["SSEKMSKeyId"] == KMS_KEY
     assert read["lean"][0]["Metadata"] == {"note": "second", "other": "kept"}
+
+
+async def test_the_kept_readings_of_answer_headers_are_bounded() -> None:
+    session = new_aio_session()
+    session.set_credentials(*CREDENTIALS["long-term"][:2])
+    transport = Transport(endpoint_url="http://127.0.0.1:9")  # nothing is sent
+    async with (
+        open_aio_client(session, "s3", EU, transport, bucket=BUCKET) as client,
+        lean_beside(client, session, transport) as lean,
+    ):
+        operation = lean._operations["GetObject"]
+        for n in range(operation.MAX_READINGS * 3):
+            reading = operation.reading((b"ETag", f"x-amz-meta-K{n}".encode()))
+            assert reading.names == ("etag", f"x-amz-meta-k{n}")
+            assert reading.metas == ((f"x-amz-meta-k{n}", f"k{n}"),)
+            assert len(operation.readings) <= operation.MAX_READINGS
 
 
 @pytest.mark.parametrize("content_type", [None, "text/csv"])

@@ -102,7 +102,10 @@ class _Operation:
         "meta_out",
         "model",
         "output_shape",
+        "readings",
     )
+
+    MAX_READINGS = 256
 
     def __init__(self, model: OperationModel, config: Any) -> None:
         self.model = model
@@ -142,6 +145,45 @@ class _Operation:
         if mode_member:
             resolve_response_checksum_algorithms(request, model, {mode_member: "ENABLED"})
         self.checksum_context: dict[str, Any] = request["context"]
+        self.readings: dict[tuple[bytes, ...], _Reading] = {}
+
+    def reading(self, names: tuple[bytes, ...]) -> _Reading:
+        """How an answer with these header names (as sent, in order) is read, kept (bounded).
+
+        An operation's answers mostly carry the same names (a GET's differ by its metadata).
+        """
+        reading = self.readings.get(names)
+        if reading is None:
+            if len(self.readings) >= self.MAX_READINGS:
+                self.readings.clear()
+            reading = self.readings[names] = self._read(names)
+        return reading
+
+    def _read(self, names: tuple[bytes, ...]) -> _Reading:
+        lowered = tuple(name.decode("utf-8").lower() for name in names)
+        fields: list[tuple[str, str, Callable[[str], Any]]] = []
+        metas: list[tuple[str, str]] = []
+        prefix = self.meta_out
+        for name in dict.fromkeys(lowered):  # each name once, where it first came
+            field = self.headers_out.get(name)
+            if field is not None:
+                fields.append((name, field[0], field[1]))
+            elif prefix and name.startswith(prefix):
+                metas.append((name, name[len(prefix) :]))
+        return _Reading(lowered, tuple(fields), tuple(metas))
+
+
+class _Reading(NamedTuple):
+    """How an answer with given header names is read.
+
+    Each name lowercased (``names``, by position), the model's field and parser of each
+    header that has one (``fields``), and the metadata key of each ``x-amz-meta-`` header
+    (``metas``).
+    """
+
+    names: tuple[str, ...]
+    fields: tuple[tuple[str, str, Callable[[str], Any]], ...]
+    metas: tuple[tuple[str, str], ...]
 
 
 def _parser_of(type_name: str) -> Callable[[str], Any]:
@@ -191,7 +233,9 @@ class LeanS3:
         "_http",
         "_operations",
         "_parser",
+        "_reading",
         "_region",
+        "_sending",
         "_signing",
     )
 
@@ -216,6 +260,9 @@ class LeanS3:
         self._base_path: str = urlsplit(base_url).path
         self._signing = SigningCache()
         self._guard = guard
+        # What aiohttp raises, as aiobotocore raises it (each holds no state of a request).
+        self._sending = _Translated(base_url)
+        self._reading = _Translated(base_url, reading=True)
         self._config = client.meta.config
         model = client.meta.service_model
         self._operations = {
@@ -244,10 +291,10 @@ class LeanS3:
         headers = self._headers(operation, Bucket, params)
         encoded_key = _encoded_key(Key)  # an empty key is refused before anything else
         sending = self._signed(operation, "PUT", encoded_key, headers, Body, await self._frozen())
-        with _Translated(self._base_url):
+        with self._sending:
             response = await sending
         async with response:
-            with _Translated(self._base_url, reading=True):
+            with self._reading:
                 body = await response.read()
             return self._answer(operation, response, body)
 
@@ -257,7 +304,7 @@ class LeanS3:
         headers = self._headers(operation, Bucket, params)
         encoded_key = _encoded_key(Key)  # an empty key is refused before anything else
         sending = self._signed(operation, "HEAD", encoded_key, headers, None, await self._frozen())
-        with _Translated(self._base_url):
+        with self._sending:
             response = await sending
         async with response:
             return self._answer(operation, response, b"")
@@ -268,11 +315,11 @@ class LeanS3:
         headers = self._headers(operation, Bucket, params)
         encoded_key = _encoded_key(Key)  # an empty key is refused before anything else
         sending = self._signed(operation, "GET", encoded_key, headers, None, await self._frozen())
-        with _Translated(self._base_url):
+        with self._sending:
             response = await sending
         try:
             if response.status >= 300:
-                with _Translated(self._base_url, reading=True):
+                with self._reading:
                     body = await response.read()
                 return self._answer(operation, response, body)
             parsed = self._answer(operation, response, None)
@@ -369,10 +416,10 @@ class LeanS3:
         for it; an error is parsed by botocore.
         """
         status = response.status
-        headers = {
-            name.decode("utf-8").lower(): value.decode("utf-8")
-            for name, value in response.raw_headers
-        }
+        raw = response.raw_headers
+        reading = operation.reading(tuple([name for name, _ in raw]))
+        # Of a repeated name the last value stands, as in aiobotocore's dict.
+        headers = dict(zip(reading.names, [value.decode("utf-8") for _, value in raw], strict=True))
         if status == 200 and body:
             # S3 can answer 200 with an <Error> body (or a body cut short): botocore turns
             # that into a 500 before parsing, so it is retried, not taken for a success.
@@ -402,24 +449,17 @@ class LeanS3:
             }
         }
         self._guard(response=(_Status(status), parsed), operation=operation.model)
-        # One pass over the headers that came (about ten), not one lookup per header the
-        # model names (over twenty).
-        known = operation.headers_out
-        meta_prefix = operation.meta_out
-        metadata: dict[str, str] = {}
+        # Only the headers that came and that the model names (about ten), not one lookup per
+        # header the model names (over twenty).
         try:
-            for name, value in headers.items():
-                field = known.get(name)
-                if field is not None:
-                    parsed[field[0]] = field[1](value)
-                elif meta_prefix and name.startswith(meta_prefix):
-                    metadata[name[len(meta_prefix) :]] = value
+            for name, field, parse in reading.fields:
+                parsed[field] = parse(headers[name])
         except UNREADABLE as exc:  # a header that is not the number or date the model says
             raise unreadable_answer(
                 exc, answer={"headers": headers, "status_code": status}
             ) from None
-        if meta_prefix:
-            parsed["Metadata"] = metadata
+        if operation.meta_out:
+            parsed["Metadata"] = {key: headers[name] for name, key in reading.metas}
         return parsed
 
 

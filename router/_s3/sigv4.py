@@ -93,15 +93,16 @@ class SigningCache:
     def timestamp(self) -> str:
         """The SigV4 timestamp of botocore's clock now (``botocore.auth.get_current_datetime``).
 
-        botocore's own clock reads the system's real-time clock, as ``time.time`` does, and
-        the timestamp keeps its whole seconds: while it is botocore's, the second is read
-        there and formatted once. A clock put in its place (a test's, say) is read as
-        botocore reads it, on every request.
+        botocore's own clock reads the system's real-time clock, as ``time.time_ns`` does,
+        and the timestamp keeps its whole seconds: while it is botocore's, the second is read
+        there (in integer nanoseconds, so floored exactly as ``datetime.now`` floors it; a
+        float would round up in the last fraction of a microsecond) and formatted once. A
+        clock put in its place (a test's, say) is read as botocore reads it, every request.
         """
         clock = botocore_auth.get_current_datetime  # type: ignore[attr-defined]
         if clock is not _BOTOCORE_CLOCK:
             return sigv4_timestamp(clock())
-        second = int(wall_clock())
+        second = wall_clock() // 1_000_000_000  # floored, as datetime.now floors it
         if second != self._second:
             self._stamp = sigv4_timestamp(datetime.fromtimestamp(second, UTC).replace(tzinfo=None))
             self._second = second
@@ -128,7 +129,7 @@ class SigningCache:
 # botocore's clock as botocore ships it (a test may put another in its place), and the
 # real-time clock it reads.
 _BOTOCORE_CLOCK = botocore_auth.get_current_datetime  # type: ignore[attr-defined]
-wall_clock = time.time
+wall_clock = time.time_ns
 
 
 class LeanSigner(S3SigV4Auth):
