@@ -34,7 +34,8 @@ class Resolved:
     raw: OrgResidency
     until: datetime | None = None
     fenced: bool = False
-    # By data class, as member and as value: the warm put looks up what the caller passed.
+    # By data class: the warm put looks up what the caller passed, a member or its value
+    # (a StrEnum member hashes and compares as its value; both keys are set all the same).
     puts: dict[str, KeptPut] = field(default_factory=dict)
 
     def check_writable(self) -> None:

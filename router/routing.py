@@ -117,8 +117,8 @@ class ResidencyRouter(OrgAdmin, ProcessingOps, Listings):
                         check_metadata(metadata)
                     if content_type is not None:
                         check_content_type(content_type)
-                    if resolved.fenced:
-                        resolved.check_writable()
+                    if resolved.fenced:  # never so today (puts fill once writes pass); kept
+                        resolved.check_writable()  # so that a fenced org cannot pass here
                     return kept.decision(kept.prefix + key)
         org, cls, full = checked_key(org_id, key, data_class)
         if metadata is not None:

@@ -10,8 +10,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from router import routing
 from router.errors import ConfigError, InvalidKeyError, ResidencyError, UnknownOrgError
 from router.inputs import (
+    check_content_type,
+    check_metadata,
     is_plain_key,
     object_key,
     parse_data_class,
@@ -298,6 +301,7 @@ async def test_the_warm_put_decides_exactly_as_the_full_rules(
         "k" * (1024 - len("orgs/org-acme/fine_tuning/")),
         "k" * (1025 - len("orgs/org-acme/fine_tuning/")),
         *("".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 24))) for _ in range(300)),
+        _Str("docs/a.txt"),
     ]
     classes: list[Any] = [
         *DataClass,
@@ -308,14 +312,49 @@ async def test_the_warm_put_decides_exactly_as_the_full_rules(
         5,
     ]
 
-    def full_rules(org: Any, key: Any, data_class: Any, metadata: None) -> Any:
-        cls = parse_data_class(data_class)  # the order put documents: class, id, key, policy
+    def full_rules(org: Any, key: Any, data_class: Any, metadata: Any, content_type: Any) -> Any:
+        # The order put documents: class, id, key, metadata, content type, policy.
+        cls = parse_data_class(data_class)
         object_key(parse_org_id(org), cls, key)
+        if metadata is not None:
+            check_metadata(metadata)
+        if content_type is not None:
+            check_content_type(content_type)
         return decide_put(record, place, cls, key)
 
-    for key in keys:
+    extras: list[tuple[Any, Any]] = [(None, None)]
+    for at, key in enumerate(keys):
+        if at == 40:
+            extras = [(None, None)]
+        elif at == 0:
+            extras = [
+                (metadata, content_type)
+                for metadata in (None, {"a": "b"}, {"bad name": "v"})
+                for content_type in (None, "text/plain", "bad\ntype")
+            ]
         for data_class in classes:
             for org in ("org-acme", _Str("org-acme")):
-                args = (org, key, data_class, None)
-                warm = _outcome(residency_router._warm_put, *args)
-                assert warm == _outcome(full_rules, *args), args
+                for metadata, content_type in extras:
+                    args = (org, key, data_class, metadata, content_type)
+                    warm = _outcome(residency_router._warm_put, *args)
+                    assert warm == _outcome(full_rules, *args), args
+
+
+async def test_a_cached_orgs_plain_put_takes_the_one_pass_path(
+    residency_router: ResidencyRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Proof that the test above compared the one-pass path, not the full one twice: once
+    # the org's kept put is made, a plain put decides without the full validators.
+    assert residency_router._warm_put("org-acme", "docs/a.txt", "files", None) is None
+    await residency_router._plan_put("org-acme", "docs/a.txt", "files", None)  # cached now
+
+    def full_path(*_: Any) -> Any:
+        raise AssertionError("took the full validators")
+
+    monkeypatch.setattr(routing, "checked_key", full_path)
+    for data_class in ("files", DataClass.FILES):
+        decision = residency_router._warm_put("org-acme", "docs/b.txt", data_class, {"a": "b"})
+        assert decision is not None
+        assert decision.key == "orgs/org-acme/files/docs/b.txt"
+    with pytest.raises(AssertionError, match="full validators"):
+        residency_router._warm_put("org-acme", "docs/../b.txt", "files", None)

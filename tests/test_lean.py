@@ -25,6 +25,7 @@ from typing import Any
 
 import botocore.auth
 import botocore.awsrequest
+import botocore.compat
 import pytest
 import pytest_asyncio
 import yaml
@@ -362,6 +363,7 @@ def test_the_kept_timestamp_is_botocores_clock_formatted_whatever_the_clock_does
     # a few seconds (a nanosecond apart, the same second) must still get each moment's own
     # second, as botocore's clock (datetime.now(UTC): that clock floored to microseconds)
     # formats it.
+    assert sigv4._BOTOCORE_CLOCK is botocore.auth.get_current_datetime  # type: ignore[attr-defined,unused-ignore]
     cache = SigningCache()
     with pytest.MonkeyPatch.context() as patch:
         for step in [0, -1, 1, *steps]:
@@ -372,6 +374,36 @@ def test_the_kept_timestamp_is_botocores_clock_formatted_whatever_the_clock_does
 
 
 EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def test_the_kept_timestamp_is_what_botocores_own_clock_says() -> None:
+    # botocore's stock clock, unpatched: the kept timestamp is its reading of a moment
+    # between two readings of botocore's own clock.
+    cache = SigningCache()
+    for _ in range(200):
+        before = botocore.auth.get_current_datetime().replace(microsecond=0)  # type: ignore[attr-defined,unused-ignore]
+        stamp = cache.timestamp()
+        after = botocore.auth.get_current_datetime()  # type: ignore[attr-defined,unused-ignore]
+        assert before <= datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ") <= after
+
+
+def test_a_replaced_datetime_in_botocore_compat_is_read_as_botocore_reads_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # botocore's own tests replace botocore.compat's datetime: its unchanged clock then
+    # says what that datetime says, and so must the lean signer.
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz: datetime.tzinfo | None = None) -> Frozen:
+            return cls(2026, 3, 1, 7, 5, 9, tzinfo=tz)
+
+    fake = type(datetime)("datetime")
+    fake.datetime = Frozen  # type: ignore[attr-defined]
+    fake.timezone = datetime.timezone  # type: ignore[attr-defined]
+    cache = SigningCache()
+    cache.timestamp()
+    monkeypatch.setattr(botocore.compat, "datetime", fake)
+    assert cache.timestamp() == "20260301T070509Z"
 
 
 def test_a_clock_put_in_botocores_place_is_read_as_botocore_reads_it(
@@ -395,10 +427,19 @@ _HEADER_VALUES = st.text(
 )
 def test_lean_canonical_headers_are_botocores_for_any_value(headers: dict[str, str]) -> None:
     signer = LeanSigner(Credentials("AKID", "secret"), "eu-west-1", "h", SigningCache())
-    signing_map = HeaderMap(sorted(headers.items()))
-    assert signer.canonical_headers(signing_map) == botocore.auth.SigV4Auth.canonical_headers(
-        signer, signing_map
-    )
+    for values in (headers, {name: _Shown(value) for name, value in headers.items()}):
+        signing_map = HeaderMap(sorted(values.items()))
+        botocores = botocore.auth.SigV4Auth.canonical_headers(signer, signing_map)
+        assert signer.canonical_headers(signing_map) == botocores
+
+
+class _Shown(str):
+    """A str whose formatting is not its characters (as a ``(str, Enum)`` member's is)."""
+
+    def __format__(self, spec: str) -> str:
+        return "not the value"
+
+    __str__ = __repr__ = lambda self: "not the value"
 
 
 @settings(max_examples=300, deadline=None)
@@ -417,8 +458,10 @@ def test_the_kept_selection_of_headers_to_sign_is_botocores(names: list[str]) ->
     headers = CIMultiDict((name, f"value {at}") for at, name in enumerate(names))
     request = AWSRequest(method="PUT", url="http://the-host/b/k", headers=dict(headers))
     botocores = botocore.auth.SigV4Auth.headers_to_sign(signer, request)
-    for _ in range(2):  # made, then kept
-        ours = signer.headers_to_sign(SigningRequest("PUT", "u", "/b/k", headers.copy(), None))
+    # The same names in every order, through one cache: each order is its own selection.
+    for order in [names, names[::-1], names[1:] + names[:1], names]:
+        shuffled = CIMultiDict((name, headers[name]) for name in order)
+        ours = signer.headers_to_sign(SigningRequest("PUT", "u", "/b/k", shuffled, None))
         assert ours.names == sorted(set(botocores))
         assert ours.pairs == [(name, botocores[name]) for name in ours.names]
 

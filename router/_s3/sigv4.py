@@ -1,8 +1,9 @@
 """The lean transport's SigV4: botocore's ``S3SigV4Auth``, with less work per request.
 
 The signing is botocore's own (its steps, its rules, its clock); what changes is what each
-request costs: the headers to sign are a plain dict made once, the URL is not split again,
-and the signing key is derived once per secret and day. ``tests/test_lean.py`` compares the
+request costs: the headers to sign are selected once per set of names, the URL is not split
+again, and what stays the same from one request to the next (the signing key, the second's
+timestamp, the scope) is kept in a :class:`SigningCache`. ``tests/test_lean.py`` compares the
 canonical request and the signature with botocore's for the same inputs, over http and https.
 """
 
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from botocore import auth as botocore_auth
+from botocore import compat as botocore_compat
 from botocore.auth import SIGNED_HEADERS_BLACKLIST, S3SigV4Auth
 from botocore.exceptions import NoCredentialsError
 from multidict import CIMultiDict
@@ -61,7 +64,9 @@ def _selection(names: tuple[str, ...]) -> _Selection:
     for position, name in enumerate(names):
         lname = name.lower()
         if lname not in _NOT_SIGNED:
-            last[lname] = position  # a later value of the same name stands, as in botocore
+            # Lean requests carry each name once (CIMultiDict replaces a case variant); were
+            # one repeated, its last value would be signed, not botocore's comma-joined list.
+            last[lname] = position
     last.setdefault("host", -1)
     return sorted(last.items())
 
@@ -78,17 +83,16 @@ class SigningCache:
       seen (a request's names are the last one's but for its metadata), bounded.
     """
 
-    __slots__ = ("_scope", "_scope_key", "_second", "_stamp", "keys", "selections")
+    __slots__ = ("_scoped", "_stamped", "keys", "selections")
 
     MAX_SELECTIONS = 256
 
     def __init__(self) -> None:
         self.keys: dict[tuple[str, str], hmac.HMAC] = {}
         self.selections: dict[tuple[str, ...], _Selection] = {}
-        self._second = -1
-        self._stamp = ""
-        self._scope_key: tuple[str, str, str] | None = None
-        self._scope = ""
+        # Each pair is replaced whole, so a reader never sees one's key with another's value.
+        self._stamped: tuple[int, str] = (-1, "")
+        self._scoped: tuple[tuple[str, str, str], str] = (("", "", ""), "")
 
     def timestamp(self) -> str:
         """The SigV4 timestamp of botocore's clock now (``botocore.auth.get_current_datetime``).
@@ -97,24 +101,30 @@ class SigningCache:
         and the timestamp keeps its whole seconds: while it is botocore's, the second is read
         there (in integer nanoseconds, so floored exactly as ``datetime.now`` floors it; a
         float would round up in the last fraction of a microsecond) and formatted once. A
-        clock put in its place (a test's, say) is read as botocore reads it, every request.
+        clock put in its place (a test's, or botocore.compat's ``datetime`` replaced) is read as
+        botocore reads it, on every request.
         """
         clock = botocore_auth.get_current_datetime  # type: ignore[attr-defined]
-        if clock is not _BOTOCORE_CLOCK:
+        stock = getattr(botocore_compat, "datetime", None) is _DATETIME_MODULE
+        if clock is not _BOTOCORE_CLOCK or not stock:
             return sigv4_timestamp(clock())
         second = wall_clock() // 1_000_000_000  # floored, as datetime.now floors it
-        if second != self._second:
-            self._stamp = sigv4_timestamp(datetime.fromtimestamp(second, UTC).replace(tzinfo=None))
-            self._second = second
-        return self._stamp
+        stamped = self._stamped
+        if stamped[0] == second:
+            return stamped[1]
+        stamp = sigv4_timestamp(datetime.fromtimestamp(second, UTC).replace(tzinfo=None))
+        self._stamped = (second, stamp)
+        return stamp
 
     def scope(self, day: str, aws_region: str, service: str) -> str:
         """The credential scope as botocore makes it: ``{day}/{region}/{service}/aws4_request``."""
         key = (day, aws_region, service)
-        if key != self._scope_key:
-            self._scope = f"{day}/{aws_region}/{service}/aws4_request"
-            self._scope_key = key
-        return self._scope
+        scoped = self._scoped
+        if scoped[0] == key:
+            return scoped[1]
+        scope = f"{day}/{aws_region}/{service}/aws4_request"
+        self._scoped = (key, scope)
+        return scope
 
     def selection(self, names: tuple[str, ...]) -> _Selection:
         """:func:`_selection` of ``names``, kept for the next request with the same names."""
@@ -126,14 +136,23 @@ class SigningCache:
         return selection
 
 
-# botocore's clock as botocore ships it (a test may put another in its place), and the
-# real-time clock it reads.
-_BOTOCORE_CLOCK = botocore_auth.get_current_datetime  # type: ignore[attr-defined]
+def _stock_clock() -> Callable[..., datetime] | None:
+    """The clock botocore ships (``botocore.compat``'s), or None if replaced before this import."""
+    clock: Callable[..., datetime] | None = getattr(botocore_compat, "get_current_datetime", None)
+    if clock is None or getattr(clock, "__module__", None) != "botocore.compat":
+        return None
+    return clock
+
+
+# botocore's clock as botocore ships it (a test may put another in its place, in
+# botocore.auth or botocore.compat), the datetime module it reads, and the real-time clock.
+_BOTOCORE_CLOCK = _stock_clock()
+_DATETIME_MODULE = sys.modules["datetime"]
 wall_clock = time.time_ns
 
 
 class LeanSigner(S3SigV4Auth):
-    """botocore's S3 SigV4 signer, unchanged but for the container of the headers to sign.
+    """botocore's S3 SigV4 signer, its steps kept, with less work per request.
 
     botocore keeps them in ``HTTPHeaders`` (an ``email.message.Message``), which costs about
     a third of a small request's CPU; the selection is botocore's own (every header but the
@@ -147,7 +166,8 @@ class LeanSigner(S3SigV4Auth):
     ``_header_value`` (trim, inner runs of spaces made one) unless it holds no whitespace,
     which that would leave as it is.
     What can be kept from one request to the next (the signing key, the second's timestamp,
-    the order of the names) is kept in a :class:`SigningCache`.
+    the credential scope, the selection of the headers) is kept in a :class:`SigningCache`;
+    the string to sign and the scopes are botocore's, written as f-strings.
     ``tests/test_lean.py`` compares the canonical request and signature with botocore's for
     the same inputs.
     """
@@ -183,7 +203,8 @@ class LeanSigner(S3SigV4Auth):
 
         botocore logs the canonical request and the string to sign at DEBUG level: both name
         the object's key, which the router never logs. The clock is botocore's
-        (``botocore.auth.get_current_datetime``, read per request, as botocore reads it).
+        (``botocore.auth.get_current_datetime``), or the real-time clock it reads while it is
+        botocore's own (:meth:`SigningCache.timestamp`).
         """
         if self.credentials is None:
             raise NoCredentialsError()
@@ -226,12 +247,13 @@ class LeanSigner(S3SigV4Auth):
         header_map: HeaderMap = headers_to_sign
         signer: Any = self  # botocore's attributes, not all in its type stubs
         trim = signer._header_value  # botocore's trim: ends cut, inner runs of spaces made one
-        # A value with no space that is printable holds no whitespace at all (str.split's
+        # A plain str with no space that is printable holds no whitespace at all (str.split's
         # whitespace is spaces, separators and control characters): trim leaves it as it is.
+        # A str subclass is trimmed: an f-string would format it by its own __format__.
         return "\n".join(
             [
                 f"{name}:{value}"
-                if " " not in value and value.isprintable()
+                if value.__class__ is str and " " not in value and value.isprintable()
                 else f"{name}:{trim(value)}"
                 for name, value in header_map.pairs
             ]
