@@ -153,7 +153,7 @@ def kept_put(org: OrgResidency, place: Placement, data_class: DataClass) -> Kept
             "record_exchange, which applies retention and zero data retention"
         )
     tags = object_tags(org, data_class, None)
-    prefix = f"{KEY_ROOT}/{org.org_id}/{data_class.value}/"
+    prefix = org_prefix(org.org_id, data_class)
     return KeptPut(
         place,
         data_class,
