@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from datetime import UTC, date, datetime, timedelta, timezone
 
@@ -30,9 +31,19 @@ from router.policy import (
     placement,
     purge_scope,
     startup_verdict,
+    write_receipt,
 )
 from router.regions import RegionMap
-from router.types import DataClass, Operation, OrgId, OrgResidency, Placement, Problem, Region
+from router.types import (
+    DataClass,
+    Operation,
+    OrgId,
+    OrgResidency,
+    Placement,
+    Problem,
+    Region,
+    WriteReceipt,
+)
 from tests.conftest import REGIONS_FILE
 
 
@@ -110,6 +121,38 @@ def test_decide_put_tags_and_key(
     encoded = decision.tagging()
     assert "residency-org=o" in encoded
     assert "&" in encoded
+
+
+@pytest.mark.parametrize("store", [True, False])
+def test_write_receipt_is_the_dataclass_its_constructor_makes(store: bool) -> None:
+    org = OrgResidency(OrgId("o"), Region.EU)
+    place = placed(org, MAP, ARNS)
+    decision = decide_put(org, place, DataClass.FILES, "d/k.txt")._replace(
+        store=store, reason="why"
+    )
+    receipt = write_receipt(decision, "v1", "ab" * 32)
+    expected = WriteReceipt(
+        org_id=place.org_id,
+        region=place.region,
+        aws_region=place.aws_region,
+        bucket=place.bucket,
+        key=decision.key if store else "",
+        version_id="v1",
+        sha256="ab" * 32,
+        kms_key_arn=place.kms_key_arn,
+        data_class=DataClass.FILES,
+        stored=store,
+        reason="why",
+    )
+    assert type(receipt) is WriteReceipt
+    # Every field set, each to what the constructor sets it to.
+    assert dataclasses.asdict(receipt) == dataclasses.asdict(expected)
+    assert receipt == expected
+    assert hash(receipt) == hash(expected)
+    assert repr(receipt) == repr(expected)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        receipt.key = "elsewhere"  # type: ignore[misc]
+    assert dataclasses.replace(receipt, version_id="v2").version_id == "v2"
 
 
 def test_decide_put_refuses_inputs_outputs() -> None:
