@@ -189,8 +189,10 @@ class RegionClients:
             ResidencyViolationError: see :class:`~router._s3.errors.S3Errors`.
         """
         started = time.monotonic()
-        with S3Errors(self.health, aws_region, what, object_read):
-            try:  # the first attempt inline: the calls that succeed at once pay no more
-                return await operation()
-            except Exception as exc:
+        try:  # the first attempt inline: the calls that succeed at once pay no more
+            result = await operation()
+        except Exception as exc:
+            with S3Errors(self.health, aws_region, what, object_read):
                 return await self._retry.after_first(operation, exc, started, idempotent=idempotent)
+        self.health.success(aws_region)  # as S3Errors records the success of a retried call
+        return result

@@ -29,7 +29,7 @@ import string
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -233,9 +233,8 @@ class LeanS3:
         "_http",
         "_operations",
         "_parser",
-        "_reading",
         "_region",
-        "_sending",
+        "_signer",
         "_signing",
     )
 
@@ -259,10 +258,8 @@ class LeanS3:
         self._host: str = HOST_FROM_URL(base_url)
         self._base_path: str = urlsplit(base_url).path
         self._signing = SigningCache()
+        self._signer: LeanSigner | None = None
         self._guard = guard
-        # What aiohttp raises, as aiobotocore raises it (each holds no state of a request).
-        self._sending = _Translated(base_url)
-        self._reading = _Translated(base_url, reading=True)
         self._config = client.meta.config
         model = client.meta.service_model
         self._operations = {
@@ -291,11 +288,15 @@ class LeanS3:
         headers = self._headers(operation, Bucket, params)
         encoded_key = _encoded_key(Key)  # an empty key is refused before anything else
         sending = self._signed(operation, "PUT", encoded_key, headers, Body, await self._frozen())
-        with self._sending:
+        try:
             response = await sending
+        except Exception as exc:
+            _sending_failed(exc, self._base_url)
         async with response:
-            with self._reading:
+            try:
                 body = await response.read()
+            except Exception as exc:
+                _reading_failed(exc, self._base_url)
             return self._answer(operation, response, body)
 
     async def head_object(self, *, Bucket: str, Key: str, **params: Any) -> Any:  # noqa: N803
@@ -304,8 +305,10 @@ class LeanS3:
         headers = self._headers(operation, Bucket, params)
         encoded_key = _encoded_key(Key)  # an empty key is refused before anything else
         sending = self._signed(operation, "HEAD", encoded_key, headers, None, await self._frozen())
-        with self._sending:
+        try:
             response = await sending
+        except Exception as exc:
+            _sending_failed(exc, self._base_url)
         async with response:
             return self._answer(operation, response, b"")
 
@@ -315,12 +318,16 @@ class LeanS3:
         headers = self._headers(operation, Bucket, params)
         encoded_key = _encoded_key(Key)  # an empty key is refused before anything else
         sending = self._signed(operation, "GET", encoded_key, headers, None, await self._frozen())
-        with self._sending:
+        try:
             response = await sending
+        except Exception as exc:
+            _sending_failed(exc, self._base_url)
         try:
             if response.status >= 300:
-                with self._reading:
+                try:
                     body = await response.read()
+                except Exception as exc:
+                    _reading_failed(exc, self._base_url)
                 return self._answer(operation, response, body)
             parsed = self._answer(operation, response, None)
             raw: Any = response  # aiobotocore's bodies wrap the aiohttp response itself
@@ -374,7 +381,7 @@ class LeanS3:
         body: bytes | None,
         credentials: Any,
     ) -> Awaitable[aiohttp.ClientResponse]:
-        """Sign one request and return aiohttp's request for it: await it in :class:`_Translated`.
+        """Sign one request and return aiohttp's request for it (see :func:`_sending_failed`).
 
         A plain function, not a coroutine: the operation awaits aiohttp's request itself, one
         coroutine less in flight per request. ``encoded_key`` is :func:`_encoded_key`'s.
@@ -383,7 +390,11 @@ class LeanS3:
         request: Any = SigningRequest(method, url, self._base_path + encoded_key, headers, body)
         request.context["client_config"] = self._config
         request.context["has_streaming_input"] = body is not None
-        LeanSigner(credentials, self._region, self._host, self._signing).add_auth(request)
+        signer = self._signer
+        # One signer while the credentials stay the same (a signer keeps nothing of a request).
+        if signer is None or signer.credentials != credentials:
+            signer = self._signer = LeanSigner(credentials, self._region, self._host, self._signing)
+        signer.add_auth(request)
         signed = request.headers
         if self._handlers:
             self._emit(operation, method, url, signed, body)
@@ -485,32 +496,24 @@ def _encoded_key(key: str) -> str:
 _UNQUOTED = string.ascii_letters + string.digits + "_.-~/"
 
 
-class _Translated:
-    """Turns what aiohttp raises while sending, or reading an answer, into what aiobotocore raises.
+def _sending_failed(exc: Exception, where: str) -> NoReturn:
+    """Raise what aiobotocore raises for what sending a request raised.
 
-    Errors name ``where``, the bucket's URL, never an object's key. Around the await of a
-    request (or, with ``reading``, of a short answer's body): a cancellation and any other
-    ``BaseException`` pass as they are.
+    ``where`` is the bucket's URL, never an object's key. Called in the ``except Exception``
+    of the request's await: a cancellation and any other ``BaseException`` pass as they are.
     """
+    raise _sending_error(exc, where) from None
 
-    __slots__ = ("_reading", "_where")
 
-    def __init__(self, where: str, *, reading: bool = False) -> None:
-        self._where = where
-        self._reading = reading
+def _reading_failed(exc: Exception, where: str) -> NoReturn:
+    """Raise what aiobotocore raises when a short answer's body breaks off, else ``exc``.
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is None or not isinstance(exc, Exception):
-            return
-        if self._reading:
-            reading = _reading_error(exc, self._where)
-            if reading is None:
-                return
-            raise reading from None
-        raise _sending_error(exc, self._where) from None
+    As :func:`_sending_failed`, around the await of the body.
+    """
+    reading = _reading_error(exc, where)
+    if reading is None:
+        raise exc
+    raise reading from None
 
 
 def _reading_error(exc: Exception, where: str) -> Exception | None:
