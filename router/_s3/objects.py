@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 import contextlib
 import hashlib
@@ -221,7 +220,7 @@ class ObjectStore:
         sha256_hex: str,
         extra: dict[str, Any],
     ) -> PutResult:
-        checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
+        checksum = binascii.b2a_base64(bytes.fromhex(sha256_hex), newline=False).decode("ascii")
         response = await self._clients.run(
             place.aws_region,
             f"writing to bucket {place.bucket}",
