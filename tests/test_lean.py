@@ -808,6 +808,24 @@ async def test_put_whose_region_is_quarantined_while_it_runs_is_not_reported_wri
         await lean_router.put(ORG, "late.txt", b"late")
 
 
+async def test_put_whose_router_closes_while_it_runs_is_not_reported_written(
+    lean_router: ResidencyRouter,
+) -> None:
+    # The router is closed while this put is on the wire (aclose() lets go of its clients):
+    # the put's confirmation step takes the region's client again, and refuses.
+    clients = dict(lean_router.storage._s3)
+
+    def close(request: Any, **_: Any) -> None:
+        lean_router.storage._s3.clear()
+
+    lean_router.storage.register("before-send.s3.PutObject", close)
+    try:
+        with pytest.raises(RuntimeError, match="closed"):
+            await lean_router.put(ORG, "late.txt", b"late")
+    finally:
+        lean_router.storage._s3.update(clients)  # for the fixture's own close
+
+
 def with_key_arns(world: ResidencyWorld, tmp_path: Path) -> Path:
     """The world's map naming its keys by ARN: a router that verifies nothing can use it."""
     data = yaml.safe_load(world.regions_file.read_text(encoding="utf-8"))

@@ -228,11 +228,11 @@ class ObjectStore:
                 Key=key, Body=data, ChecksumSHA256=checksum, **self._encryption(place), **extra
             ),
         )
-        # confirm_encryption's steps, the common case without a coroutine: the region is
-        # admitted again (a quarantine while the put ran refuses it), and an answer that
-        # names the region's key is the confirmation. Anything else (no encryption named, or
-        # another) is confirm_encryption's: a HEAD, or the object removed.
-        self._clients.health.admit(place.aws_region)
+        # confirm_encryption's steps, the common case without a coroutine: its client is
+        # taken (a router closed, or a region quarantined, while the put ran refuses), and an
+        # answer that names the region's key is the confirmation. Anything else (no
+        # encryption named, or another) is confirm_encryption's: a HEAD, or the object removed.
+        self._clients.s3(place.aws_region)
         if encryption_problem(response, place.kms_key_arn) is not None:
             await confirm_encryption(self._clients, place, key, response)
         return PutResult(response.get("VersionId"), sha256_hex)
