@@ -212,15 +212,14 @@ def key_problem(key: object) -> str | None:
 def is_plain_key(key: str) -> bool:
     """Return True when ``key`` passes the fast path of the key rules (printable ASCII)."""
     # isascii() and isprintable() together accept exactly U+0020..U+007E, in C.
-    if not (key and key.isascii() and key.isprintable()):
+    if not (key.isascii() and key.isprintable()):
         return False
-    first = key[0]
-    if first == "/" or key[-1] == "/" or "//" in key:
-        return False
-    if first != "." and "/." not in key:
-        return True  # no segment can start with a dot, so none is '.' or '..'
+    # Framed in slashes, every segment lies between two: '//' is an empty key, a leading or
+    # trailing '/' or an empty segment; '/.' starts a segment with a dot ('.' or '..'?).
     framed = f"/{key}/"
-    return "/./" not in framed and "/../" not in framed
+    if "//" in framed:
+        return False
+    return "/." not in framed or ("/./" not in framed and "/../" not in framed)
 
 
 def slow_key_problem(key: object) -> str | None:

@@ -102,7 +102,9 @@ class ResidencyRouter(OrgAdmin, ProcessingOps, Listings):
         benchmarked warm routing decision). Raises what :meth:`_plan_put` raises, but for
         the directory's errors (a cold org returns None instead).
         """
-        wiring = self._open()
+        wiring = self._wiring
+        if wiring is None:
+            wiring = self._open()  # raises: the router is not started, or closed
         # The common case in one pass: the cache holds only ids that passed the rules, the
         # org's shared part of a kept class's puts is computed once, and a printable-ASCII
         # key that fits needs no more than is_plain_key. Anything else takes the full path.

@@ -127,9 +127,8 @@ def test_decide_put_tags_and_key(
 def test_write_receipt_is_the_dataclass_its_constructor_makes(store: bool) -> None:
     org = OrgResidency(OrgId("o"), Region.EU)
     place = placed(org, MAP, ARNS)
-    decision = decide_put(org, place, DataClass.FILES, "d/k.txt")._replace(
-        store=store, reason="why"
-    )
+    decision = decide_put(org, place, DataClass.FILES, "d/k.txt")
+    decision.store, decision.reason = store, "why"
     receipt = write_receipt(decision, "v1", "ab" * 32)
     expected = WriteReceipt(
         org_id=place.org_id,
