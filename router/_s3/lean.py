@@ -74,6 +74,19 @@ class _Status(NamedTuple):
     status_code: int
 
 
+# One _Status a status code (a named tuple costs about 2,800 machine instructions to make).
+_STATUSES: dict[int, _Status] = {}
+
+
+def _status(code: int) -> _Status:
+    status = _STATUSES.get(code)
+    if status is None:
+        if len(_STATUSES) >= 1000:  # only what a server sends: 1000 codes at most
+            _STATUSES.clear()
+        status = _STATUSES[code] = _Status(code)
+    return status
+
+
 def _boolean_header(value: Any) -> str:
     return "true" if value else "false"
 
@@ -453,7 +466,7 @@ class LeanS3:
                 raise unreadable_answer(
                     exc, answer={"headers": headers, "status_code": status}
                 ) from None
-            self._guard(response=(_Status(status), error), operation=operation.model)
+            self._guard(response=(_status(status), error), operation=operation.model)
             code = error.get("Error", {}).get("Code")
             raise self._client.exceptions.from_code(code)(error, operation.model.name)
         parsed: dict[str, Any] = {
@@ -465,7 +478,7 @@ class LeanS3:
                 "RetryAttempts": 0,
             }
         }
-        self._guard(response=(_Status(status), parsed), operation=operation.model)
+        self._guard(response=(_status(status), parsed), operation=operation.model)
         # Only the headers that came and that the model names (about ten), not one lookup per
         # header the model names (over twenty).
         try:

@@ -16,7 +16,7 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -107,11 +107,24 @@ def http_range(start: int | None, end: int | None) -> str | None:
     return f"bytes={first}-" if end is None else f"bytes={first}-{end - 1}"
 
 
-class PutResult(NamedTuple):
-    """What a write produced."""
+@dataclass(slots=True, init=False)
+class PutResult:
+    """What a write produced.
+
+    Made by :func:`put_result`: one per put, so with no ``__init__``, its two slots set
+    plainly (a named tuple costs three times as much).
+    """
 
     version_id: str | None
     sha256: str
+
+
+def put_result(version_id: str | None, sha256: str) -> PutResult:
+    """Return the :class:`PutResult` of a write."""
+    result = PutResult()
+    result.version_id = version_id
+    result.sha256 = sha256
+    return result
 
 
 class ObjectStore:
@@ -209,7 +222,7 @@ class ObjectStore:
         completed = await upload.run(multipart, chunks, create, before_commit)
         version = completed.get("VersionId")
         await confirm_encryption(self._clients, place, key, completed)
-        return PutResult(version, chunks.sha256())
+        return put_result(version, chunks.sha256())
 
     async def _put_single(
         self,
@@ -235,7 +248,7 @@ class ObjectStore:
         self._clients.s3(place.aws_region)
         if encryption_problem(response, place.kms_key_arn) is not None:
             await confirm_encryption(self._clients, place, key, response)
-        return PutResult(response.get("VersionId"), sha256_hex)
+        return put_result(response.get("VersionId"), sha256_hex)
 
     # -- reads --------------------------------------------------------------------------
 
