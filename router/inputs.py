@@ -214,8 +214,9 @@ def is_plain_key(key: str) -> bool:
     # isascii() and isprintable() together accept exactly U+0020..U+007E, in C.
     if not (key.isascii() and key.isprintable()):
         return False
-    # Framed in slashes, every segment lies between two: '//' is an empty key, a leading or
-    # trailing '/' or an empty segment; '/.' starts a segment with a dot ('.' or '..'?).
+    # Framed in slashes, every segment lies between two: '//' means an empty key, a leading
+    # or trailing '/' or an empty segment; '/.' a segment starting with a dot, which is
+    # refused only when the segment is '.' or '..'.
     framed = f"/{key}/"
     if "//" in framed:
         return False

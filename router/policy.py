@@ -94,18 +94,14 @@ def write_decision(
 ) -> WriteDecision:
     """Return the :class:`WriteDecision` of these fields."""
     decision = WriteDecision()
-    decision.placement, decision.data_class, decision.key, decision.tags = (
-        placement,
-        data_class,
-        key,
-        tags,
-    )
-    decision.store, decision.reason, decision.expires_at, decision.tag_header = (
-        store,
-        reason,
-        expires_at,
-        tag_header,
-    )
+    decision.placement = placement
+    decision.data_class = data_class
+    decision.key = key
+    decision.tags = tags
+    decision.store = store
+    decision.reason = reason
+    decision.expires_at = expires_at
+    decision.tag_header = tag_header
     return decision
 
 
@@ -132,7 +128,8 @@ class KeptPut:
 
     def decision(self, full_key: str) -> WriteDecision:
         """The decision of a put under ``full_key``, which must already be checked."""
-        # write_decision's steps, one call less: this runs on every put.
+        # write_decision's steps, inline: a call more costs what the slotted class saved
+        # (about 500 machine instructions), and this runs on every put.
         decision = WriteDecision()
         decision.placement = self.placement
         decision.data_class = self.data_class
