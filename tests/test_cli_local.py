@@ -57,12 +57,29 @@ class LocalWorld:
         )
         self.lines: Queue[str | None] = Queue()
         threading.Thread(target=self._read, daemon=True).start()
+        # stderr is drained as it comes: were it left in its pipe until the end, a full pipe
+        # (64 KiB of server log) would block the process on its next write, and it would
+        # never stop.
+        self._said: list[str] = []
+        self._said_all = threading.Thread(target=self._read_stderr, daemon=True)
+        self._said_all.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self.lines.put(line)
         self.lines.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._said.append(line)
+
+    def stderr(self) -> str:
+        """What the process wrote to stderr, all of it once it has ended."""
+        if self.process.poll() is not None:
+            self._said_all.join(timeout=60)
+        return "".join(self._said)
 
     def exports(self) -> dict[str, str]:
         """The ``export NAME=value`` lines, once all of them are printed."""
@@ -73,8 +90,8 @@ class LocalWorld:
             except Empty:
                 pytest.fail("residency-router local printed no exports in 120 s")
             if line is None:
-                assert self.process.stderr is not None
-                pytest.fail(f"residency-router local ended: {self.process.stderr.read()}")
+                self.process.wait(timeout=60)
+                pytest.fail(f"residency-router local ended: {self.stderr()}")
             words = shlex.split(line)
             assert words[0] == "export", line
             name, value = words[1].split("=", 1)
@@ -83,12 +100,16 @@ class LocalWorld:
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"residency-router local still running 60 s after SIGTERM: {self.stderr()}")
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self._said_all.join(timeout=60)  # the pipe ends with the process
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()
@@ -147,8 +168,7 @@ def test_local_serves_a_provisioned_world_until_terminated(tmp_path: Path) -> No
         assert document(erased)["versions_deleted"] == 1
 
         assert world.stop() == 0
-        assert world.process.stderr is not None
-        assert "stopping" in world.process.stderr.read()
+        assert "stopping" in world.stderr()
         gone = cli("verify", env=env, cwd=tmp_path)
         assert gone.returncode == 2
         assert "unreachable" in gone.stderr
