@@ -24,7 +24,7 @@ from router.routing import ResidencyRouter
 
 OPERATIONS = 3000
 PARTS = (
-    ("router: lean transport", "/router/_s3/lean.py"),
+    ("router: lean transport", "/router/_s3/lean"),  # lean.py, lean_model.py, lean_failures.py
     ("router: lean transport", "/router/_s3/sigv4.py"),
     ("router: the rest (policy, cache, audit, retry, errors)", "/router/"),
     ("botocore signer", "/botocore/auth.py"),

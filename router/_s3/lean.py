@@ -4,14 +4,15 @@ aiobotocore spends about a millisecond of CPU on each small request in event hoo
 rule resolution, parameter validation and user-agent assembly. The hot operations here skip
 that and keep everything that makes a request right, from the well-kept parts themselves:
 
-* botocore's model says which header carries each parameter (read once at start-up);
+* botocore's model says which header carries each parameter and which field each answer
+  header is (read once at start-up, :mod:`router._s3.lean_model`);
 * botocore's ``S3SigV4Auth`` signs (:mod:`router._s3.sigv4`), with the client's own config
   deciding the payload hash, and the credentials are the session's, refreshed as botocore
   refreshes them;
 * the bucket's URL is botocore's endpoint resolution, done once per bucket at start-up;
 * the aiohttp session comes from :func:`router._aws.open_lean_http` (redirects off, TLS 1.2+,
   no environment proxies, no silent re-sends) and aiohttp failures become the botocore
-  exceptions aiobotocore raises for them;
+  exceptions aiobotocore raises for them (:mod:`router._s3.lean_failures`);
 * error answers go through botocore's own parser and the client's exception classes, and every
   answer through the same redirect guard as the clients', so retries and translation do not
   change; a body is wrapped in aiobotocore's streaming body, with its checksum check.
@@ -25,12 +26,9 @@ on aiobotocore.
 from __future__ import annotations
 
 import functools
-import socket
 import string
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
-from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -39,31 +37,19 @@ from aiobotocore.response import StreamingBody
 from botocore import UNSIGNED
 from botocore import handlers as botocore_handlers
 from botocore.awsrequest import AWSPreparedRequest
-from botocore.exceptions import (
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    HTTPClientError,
-    NoCredentialsError,
-    ParamValidationError,
-    ProxyConnectionError,
-    ReadTimeoutError,
-    SSLError,
-)
-from botocore.httpchecksum import resolve_response_checksum_algorithms
+from botocore.exceptions import NoCredentialsError, ParamValidationError
 from botocore.parsers import create_parser
-from botocore.utils import parse_timestamp, percent_encode
+from botocore.utils import percent_encode
 from multidict import CIMultiDict
 from yarl import URL
 
 from router._answers import UNREADABLE, unreadable_answer
 from router._aws import LeanHttp
 from router._s3.errors import LeanMisuseError
+from router._s3.lean_failures import reading_failed, sending_failed
+from router._s3.lean_model import Operation
 from router._s3.sigv4 import HOST_FROM_URL, LeanSigner, SigningCache, SigningRequest
 from router.errors import ConfigError, ResidencyViolationError
-
-if TYPE_CHECKING:
-    from botocore.model import OperationModel, Shape
 
 HOT_OPERATIONS = ("PutObject", "GetObject", "HeadObject")
 PROBE_KEY = "residency-router-endpoint-probe"
@@ -80,142 +66,9 @@ class _Status(NamedTuple):
 _status = functools.lru_cache(maxsize=1024)(_Status)
 
 
-def _boolean_header(value: Any) -> str:
-    return "true" if value else "false"
-
-
-def _header_writer(shape: Shape) -> Callable[[Any], str]:
-    """How botocore serializes a parameter of ``shape`` into a header (the types S3 objects use)."""
-    if shape.type_name == "boolean":
-        return _boolean_header
-    return str
-
-
 # botocore's check for an S3 error inside a 200 answer (registered on before-parse.s3.*);
 # a botocore internal, checked by tests/test_deps.py.
 _HANDLE_200_ERROR: Callable[..., None] = botocore_handlers._handle_200_error  # type: ignore[attr-defined]
-
-
-class _Operation:
-    """One operation's model, read once: where each parameter goes, what each header means."""
-
-    __slots__ = (
-        "checksum_context",
-        "defaults",
-        "headers_in",
-        "headers_out",
-        "meta_in",
-        "meta_out",
-        "model",
-        "output_shape",
-        "readings",
-    )
-
-    MAX_READINGS = 256
-
-    def __init__(self, model: OperationModel, config: Any) -> None:
-        self.model = model
-        self.headers_in: dict[str, tuple[str, Callable[[Any], str]]] = {}
-        self.meta_in = ""
-        assert model.input_shape is not None
-        for name, member in model.input_shape.members.items():
-            location = member.serialization.get("location")
-            if location == "header":
-                self.headers_in[name] = (member.serialization["name"], _header_writer(member))
-            elif location == "headers":
-                self.meta_in = member.serialization.get("name", "")
-        self.headers_out: dict[str, tuple[str, Callable[[str], Any]]] = {}
-        self.meta_out = ""
-        assert model.output_shape is not None
-        self.output_shape: Shape = model.output_shape
-        for name, member in model.output_shape.members.items():
-            location = member.serialization.get("location")
-            if location == "header" and name != "Expires":  # botocore keeps it a string
-                self.headers_out[member.serialization["name"].lower()] = (
-                    name,
-                    _parser_of(member.type_name),
-                )
-            elif location == "headers":
-                self.meta_out = member.serialization.get("name", "").lower()
-        # What botocore adds to every call of the operation: with the default
-        # response_checksum_validation (when_supported), ChecksumMode=ENABLED on GetObject and
-        # HeadObject unless the caller says otherwise.
-        mode_member = model.http_checksum.get("requestValidationModeMember")
-        self.defaults: dict[str, str] = {}
-        if mode_member and getattr(config, "response_checksum_validation", None) == (
-            "when_supported"
-        ):
-            self.defaults[mode_member] = "ENABLED"
-        # The response checksums botocore validates when ChecksumMode is ENABLED.
-        request: dict[str, Any] = {"context": {}}
-        if mode_member:
-            resolve_response_checksum_algorithms(request, model, {mode_member: "ENABLED"})
-        self.checksum_context: dict[str, Any] = request["context"]
-        self.readings: dict[tuple[bytes, ...], _Reading] = {}
-
-    def reading(self, names: tuple[bytes, ...]) -> _Reading:
-        """How an answer with these header names (as sent, in order) is read, kept (bounded).
-
-        An operation's answers mostly carry the same names (a GET's differ by its metadata).
-        """
-        reading = self.readings.get(names)
-        if reading is None:
-            if len(self.readings) >= self.MAX_READINGS:
-                self.readings.clear()
-            reading = self.readings[names] = self._read(names)
-        return reading
-
-    def _read(self, names: tuple[bytes, ...]) -> _Reading:
-        lowered = tuple(name.decode("utf-8").lower() for name in names)
-        fields: list[tuple[str, str, Callable[[str], Any]]] = []
-        metas: list[tuple[str, str]] = []
-        prefix = self.meta_out
-        for name in dict.fromkeys(lowered):  # each name once, where it first came
-            field = self.headers_out.get(name)
-            if field is not None:
-                fields.append((name, field[0], field[1]))
-            elif prefix and name.startswith(prefix):
-                metas.append((name, name[len(prefix) :]))
-        return _Reading(lowered, tuple(fields), tuple(metas))
-
-
-class _Reading(NamedTuple):
-    """How an answer with given header names is read.
-
-    Each name lowercased (``names``, by position), the model's field and parser of each
-    header that has one (``fields``), and the metadata key of each ``x-amz-meta-`` header
-    (``metas``).
-    """
-
-    names: tuple[str, ...]
-    fields: tuple[tuple[str, str, Callable[[str], Any]], ...]
-    metas: tuple[tuple[str, str], ...]
-
-
-def _parser_of(type_name: str) -> Callable[[str], Any]:
-    if type_name in ("integer", "long"):
-        return int
-    if type_name == "boolean":
-        return lambda value: value == "true"
-    if type_name == "timestamp":
-        return _http_date
-    return str
-
-
-def _http_date(value: str) -> datetime:
-    """A timestamp header: S3 sends HTTP dates (``Tue, 01 Dec 2026 04:20:19 GMT``).
-
-    Parsed by the standard library (about 6 us) rather than botocore's dateutil-based
-    ``parse_timestamp`` (about 100 us), which takes over for any other form.
-    """
-    try:
-        parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
-        fallback: datetime = parse_timestamp(value)
-        return fallback
-    return parsed
 
 
 class LeanS3:
@@ -274,7 +127,7 @@ class LeanS3:
         self._config = client.meta.config
         model = client.meta.service_model
         self._operations = {
-            name: _Operation(model.operation_model(name), self._config) for name in HOT_OPERATIONS
+            name: Operation(model.operation_model(name), self._config) for name in HOT_OPERATIONS
         }
         self._parser = create_parser(model.metadata["protocol"])
         self._handlers: list[tuple[str, Callable[..., Any]]] = []
@@ -302,12 +155,12 @@ class LeanS3:
         try:
             response = await sending
         except Exception as exc:
-            _sending_failed(exc, self._base_url)
+            sending_failed(exc, self._base_url)
         async with response:
             try:
                 body = await response.read()
             except Exception as exc:
-                _reading_failed(exc, self._base_url)
+                reading_failed(exc, self._base_url)
             return self._answer(operation, response, body)
 
     async def head_object(self, *, Bucket: str, Key: str, **params: Any) -> Any:  # noqa: N803
@@ -319,7 +172,7 @@ class LeanS3:
         try:
             response = await sending
         except Exception as exc:
-            _sending_failed(exc, self._base_url)
+            sending_failed(exc, self._base_url)
         async with response:
             return self._answer(operation, response, b"")
 
@@ -332,13 +185,13 @@ class LeanS3:
         try:
             response = await sending
         except Exception as exc:
-            _sending_failed(exc, self._base_url)
+            sending_failed(exc, self._base_url)
         try:
             if response.status >= 300:
                 try:
                     body = await response.read()
                 except Exception as exc:
-                    _reading_failed(exc, self._base_url)
+                    reading_failed(exc, self._base_url)
                 return self._answer(operation, response, body)
             parsed = self._answer(operation, response, None)
             raw: Any = response  # aiobotocore's bodies wrap the aiohttp response itself
@@ -358,7 +211,7 @@ class LeanS3:
     # -- one request ----------------------------------------------------------------------
 
     def _headers(
-        self, operation: _Operation, bucket: str, params: Mapping[str, Any]
+        self, operation: Operation, bucket: str, params: Mapping[str, Any]
     ) -> CIMultiDict[str]:
         if bucket != self._bucket:
             raise ConfigError([f"the lean transport of {self._region} serves one bucket only"])
@@ -385,7 +238,7 @@ class LeanS3:
 
     def _signed(
         self,
-        operation: _Operation,
+        operation: Operation,
         method: str,
         encoded_key: str,
         headers: CIMultiDict[str],
@@ -418,7 +271,7 @@ class LeanS3:
         return sending
 
     def _emit(
-        self, operation: _Operation, method: str, url: str, headers: Any, body: bytes | None
+        self, operation: Operation, method: str, url: str, headers: Any, body: bytes | None
     ) -> None:
         name = operation.model.name
         prepared = AWSPreparedRequest(method, url, headers, body, name == "GetObject")
@@ -428,7 +281,7 @@ class LeanS3:
                 handler(request=prepared, event_name=event)
 
     def _answer(
-        self, operation: _Operation, response: aiohttp.ClientResponse, body: bytes | None
+        self, operation: Operation, response: aiohttp.ClientResponse, body: bytes | None
     ) -> dict[str, Any]:
         """Parse an answer as the client would, guard it, and raise what the client raises.
 
@@ -506,55 +359,6 @@ def _encoded_key(key: str) -> str:
 # What percent-encoding with ``safe="/~"`` leaves as it is: urllib's always-safe characters
 # (letters, digits, ``_.-~``) and ``/``.
 _UNQUOTED = string.ascii_letters + string.digits + "_.-~/"
-
-
-def _sending_failed(exc: Exception, where: str) -> NoReturn:
-    """Raise what aiobotocore raises for what sending a request raised.
-
-    ``where`` is the bucket's URL, never an object's key. Called in the ``except Exception``
-    of the request's await: a cancellation and any other ``BaseException`` pass as they are.
-    """
-    raise _sending_error(exc, where) from None
-
-
-def _reading_failed(exc: Exception, where: str) -> NoReturn:
-    """Raise what aiobotocore raises when a short answer's body breaks off, else ``exc``.
-
-    As :func:`_sending_failed`, around the await of the body.
-    """
-    reading = _reading_error(exc, where)
-    if reading is None:
-        raise exc
-    raise reading from None
-
-
-def _reading_error(exc: Exception, where: str) -> Exception | None:
-    """What aiobotocore raises when a short answer's body breaks off (None: leave it)."""
-    if isinstance(exc, aiohttp.ServerTimeoutError):
-        return ReadTimeoutError(endpoint_url=where, error=exc)
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientConnectionError):
-        return ConnectionClosedError(endpoint_url=where, error=exc)
-    return None
-
-
-def _sending_error(exc: Exception, where: str) -> Exception:
-    """What aiobotocore raises for what sending a request raised."""
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return SSLError(endpoint_url=where, error=exc)
-    if isinstance(exc, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
-        return ProxyConnectionError(proxy_url="(the configured proxy)", error=exc)
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return ConnectionClosedError(endpoint_url=where, error=exc)
-    if isinstance(exc, aiohttp.ServerTimeoutError):
-        if str(exc).lower().startswith("connect"):
-            return ConnectTimeoutError(endpoint_url=where, error=exc)
-        return ReadTimeoutError(endpoint_url=where, error=exc)
-    if isinstance(exc, aiohttp.ClientConnectionError | socket.gaierror):
-        return EndpointConnectionError(endpoint_url=where, error=exc)
-    if isinstance(exc, TimeoutError):
-        return ReadTimeoutError(endpoint_url=where, error=exc)
-    # aiohttp.ClientError, and as aiobotocore: whatever else sending raised.
-    return HTTPClientError(error=exc)
 
 
 class _Raw:
