@@ -14,6 +14,7 @@ from router._resolve import Resolved, Resolver
 from router._s3.bulk import BulkStore
 from router._s3.clients import RegionClients
 from router._s3.objects import ObjectStore
+from router._s3.presign import Presigner
 from router._s3.verify import RegionCheck, resolve_key, verify_region
 from router.audit import AuditLog
 from router.config import RouterSettings
@@ -32,6 +33,7 @@ class Wiring:
     region_map: RegionMap
     clients: RegionClients
     objects: ObjectStore
+    presigner: Presigner
     bulk: BulkStore
     resolver: Resolver
     sweeper: RetentionSweeper
@@ -80,10 +82,12 @@ async def start(
     stack.push_async_callback(directory.aclose)
     clients = await stack.enter_async_context(RegionClients(region_map, settings))
     bulk = BulkStore(clients)
+    objects = ObjectStore(clients, settings)
     wiring = Wiring(
         region_map,
         clients,
-        ObjectStore(clients, settings),
+        objects,
+        Presigner(clients, objects, settings),
         bulk,
         Resolver(directory, region_map, {}, clock),
         RetentionSweeper(bulk, region_map),

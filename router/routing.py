@@ -359,7 +359,7 @@ class ResidencyRouter(OrgAdmin, ProcessingOps, Listings):
             seconds = parse_expires_in(expires_in, PRESIGN_MAX_S)
             resolved = wiring.resolver.warm(org) or await wiring.resolver.resolve(org)
             place = _acting_on(op, resolved, cls, full)
-            url, _ = await wiring.objects.presign_get(place, full, expires_in=seconds)
+            url, _ = await wiring.presigner.presign_get(place, full, expires_in=seconds)
         return url
 
     async def presign_put(
@@ -408,7 +408,7 @@ class ResidencyRouter(OrgAdmin, ProcessingOps, Listings):
             place = decision.placement
             op.at(place.region.value, decision.data_class.value, decision.key)
             op.acting()
-            url, headers, expires_at = await wiring.objects.presign_put(
+            url, headers, expires_at = await wiring.presigner.presign_put(
                 place,
                 decision.key,
                 tagging=decision.tagging(),

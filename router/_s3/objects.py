@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from botocore.exceptions import BotoCoreError
@@ -26,7 +25,6 @@ from router._answers import MalformedAnswerError, unreadable_answer
 from router._s3.bodies import STREAM_CHUNK, Body, body_chunks
 from router._s3.clients import RegionClients
 from router._s3.multipart import HASH_OFF_LOOP_BYTES, Chunks, MultipartUpload
-from router._s3.presign import presign
 from router.config import RouterSettings
 from router.errors import (
     InvalidArgumentError,
@@ -43,13 +41,6 @@ MALFORMED_CHECKSUM = "a malformed checksum"
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
-
-_BOUND_ON_UPLOAD = (
-    "x-amz-server-side-encryption",
-    "x-amz-server-side-encryption-aws-kms-key-id",
-    "x-amz-server-side-encryption-bucket-key-enabled",
-    "x-amz-tagging",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +127,8 @@ class ObjectStore:
         self._clients = clients
         self._settings = settings
 
-    def _encryption(self, place: Placement) -> dict[str, Any]:
+    def encryption(self, place: Placement) -> dict[str, Any]:
+        """The parameters that put a write in ``place``: its bucket, its key, SSE-KMS, owner."""
         return {
             "Bucket": place.bucket,
             "ServerSideEncryption": SSE_KMS,
@@ -217,7 +209,7 @@ class ObjectStore:
             part_size=self._settings.multipart_part_size,
             concurrency=self._settings.multipart_concurrency,
         )
-        create = {"ChecksumAlgorithm": "SHA256", **self._encryption(place), **extra}
+        create = {"ChecksumAlgorithm": "SHA256", **self.encryption(place), **extra}
         multipart = self._clients.s3(place.aws_region)
         completed = await upload.run(multipart, chunks, create, before_commit)
         version = completed.get("VersionId")
@@ -238,7 +230,7 @@ class ObjectStore:
             place.aws_region,
             f"writing to bucket {place.bucket}",
             lambda: client.put_object(
-                Key=key, Body=data, ChecksumSHA256=checksum, **self._encryption(place), **extra
+                Key=key, Body=data, ChecksumSHA256=checksum, **self.encryption(place), **extra
             ),
         )
         # confirm_encryption's steps, the common case without a coroutine: its client is
@@ -414,85 +406,6 @@ class ObjectStore:
         if encryption_problem(response, place.kms_key_arn) is not None:
             return response, None
         return response, _described(key, response)
-
-    # -- presigned URLs -----------------------------------------------------------------
-
-    async def presign_put(
-        self,
-        place: Placement,
-        key: str,
-        *,
-        tagging: str,
-        expires_in: int,
-        content_type: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        sha256_b64: str | None = None,
-    ) -> tuple[str, dict[str, str], datetime]:
-        """Presign a PutObject as :meth:`put` writes it: the URL, the headers, the expiry.
-
-        Raises:
-            ResidencyViolationError: the URL would not bind the encryption and tags, or
-                names another region.
-            StorageError, RegionUnavailableError: no credentials; the region is quarantined.
-        """
-        params: dict[str, Any] = {"Key": key, "Tagging": tagging, **self._encryption(place)}
-        if content_type:
-            params["ContentType"] = content_type
-        if metadata:
-            params["Metadata"] = dict(metadata)
-        if sha256_b64:
-            params["ChecksumSHA256"] = sha256_b64
-        url, headers, expires_at = await presign(
-            self._clients, place, "put_object", params, expires_in
-        )
-        required = set(_BOUND_ON_UPLOAD) | ({"content-type"} if content_type else set())
-        if not required <= {name.lower() for name in headers}:
-            raise ResidencyViolationError(
-                f"a presigned upload to bucket {place.bucket} would not bind its encryption "
-                "and tags; nothing was handed out"
-            )
-        self._check_url(place, url)
-        return url, headers, expires_at
-
-    async def presign_get(
-        self, place: Placement, key: str, *, expires_in: int
-    ) -> tuple[str, datetime]:
-        """Presign a GetObject of the current version, once its key is checked.
-
-        The URL names the version checked (a later write is not served by it) and needs no
-        header, so a plain link works.
-
-        Raises:
-            ObjectNotFoundError: no such object.
-            ResidencyViolationError: the object is not under the region's KMS key.
-            StorageError, RegionUnavailableError: as for :meth:`head`.
-        """
-        found = await self.head(place, key)
-        params: dict[str, Any] = {"Bucket": place.bucket, "Key": key}
-        if found.version_id:
-            params["VersionId"] = found.version_id
-        url, headers, expires_at = await presign(
-            self._clients, place, "get_object", params, expires_in
-        )
-        if headers:
-            raise ResidencyViolationError(
-                f"a presigned download from bucket {place.bucket} would need headers; "
-                "nothing was handed out"
-            )
-        self._check_url(place, url)
-        return url, expires_at
-
-    def _check_url(self, place: Placement, url: str) -> None:
-        """Refuse a URL that is not the region's own (AWS: https, the regional endpoint)."""
-        if self._settings.endpoint_url is not None:
-            return  # a local endpoint: the one the router itself uses
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if parts.scheme != "https" or not host.endswith(f".{place.aws_region}.amazonaws.com"):
-            raise ResidencyViolationError(
-                f"a presigned URL for bucket {place.bucket} does not name {place.aws_region}'s "
-                "regional endpoint; nothing was handed out"
-            )
 
     async def tags(self, place: Placement, key: str) -> dict[str, str]:
         """Return an object's tags.
