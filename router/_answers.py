@@ -82,6 +82,36 @@ def answer_violation(
     return error
 
 
+# What the router reads of each successful answer that S3 always sends: (where, fields), where
+# is "" for the answer itself, else a member that is a list (each item) or a structure. botocore's
+# parsers check no output field, so an answer without one would raise a bare KeyError where
+# the router reads it, past the error translation; here it is unreadable, as any other.
+_NEEDED: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "CreateMultipartUploadOutput": (("", ("UploadId",)),),
+    "UploadPartOutput": (("", ("ETag",)),),
+    "UploadPartCopyOutput": (("", ("CopyPartResult",)), ("CopyPartResult", ("ETag",))),
+    "ListObjectsV2Output": (("Contents", ("Key", "Size", "LastModified")),),
+    "ListObjectVersionsOutput": (
+        ("Versions", ("Key",)),
+        ("DeleteMarkers", ("Key",)),
+        ("CommonPrefixes", ("Prefix",)),
+    ),
+    "ListMultipartUploadsOutput": (("Uploads", ("Key", "UploadId")),),
+}
+
+
+def missing_field(shape_name: str, parsed: Mapping[str, Any]) -> str:
+    """The first field the router reads that a successful answer lacks, or ""."""
+    for where, fields in _NEEDED.get(shape_name, ()):
+        found: Any = parsed.get(where, []) if where else parsed
+        items = [found] if isinstance(found, Mapping) else found
+        for item in items:
+            for name in fields:
+                if name not in item:
+                    return name
+    return ""
+
+
 class ReadableAnswers(AioResponseParserFactory):
     """aiobotocore's parsers, each wrapped by :class:`_GuardedParser`."""
 
@@ -99,10 +129,16 @@ class _GuardedParser:
 
     async def parse(self, response: dict[str, Any], shape: Any) -> Any:
         try:
-            return await self._parser.parse(response, shape)
+            parsed = await self._parser.parse(response, shape)
         except UNREADABLE as exc:
             # Not chained: the values stay out.
             raise unreadable_answer(exc, answer=response) from None
+        name = getattr(shape, "name", "")
+        if name in _NEEDED and response.get("status_code", 500) < 300 and "Error" not in parsed:
+            field = missing_field(name, parsed)
+            if field:
+                raise unreadable_answer(None, field, answer=response)
+        return parsed
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._parser, name)
