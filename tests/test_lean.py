@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import enum
 import hashlib
 import json
 import os
@@ -83,6 +84,15 @@ KEYS = (
 BODY = b"the body \x00\xff" * 50
 BODY_SHA256 = base64.b64encode(hashlib.sha256(BODY).digest()).decode("ascii")
 
+
+class Label(str, enum.Enum):  # noqa: UP042 (not StrEnum: its str() is its value)
+    """Strings a caller may pass as metadata and content type: str() is not their value."""
+
+    NAME = "origin"
+    VALUE = "scanner-7"
+    JSON = "application/json"
+
+
 OPERATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "put": (
         "put_object",
@@ -96,6 +106,19 @@ OPERATIONS: dict[str, tuple[str, dict[str, Any]]] = {
             "BucketKeyEnabled": True,
             "ChecksumSHA256": BODY_SHA256,
             "ExpectedBucketOwner": OWNER,
+        },
+    ),
+    # botocore sends a metadata name and value as their characters ("scanner-7") and a
+    # content type as its str() ("Label.JSON"); the lean path must send and sign the same.
+    "put-str-enums": (
+        "put_object",
+        {
+            "Body": BODY,
+            "ContentType": Label.JSON,
+            "Metadata": {Label.NAME: Label.VALUE},
+            "ServerSideEncryption": "aws:kms",
+            "SSEKMSKeyId": KMS_KEY,
+            "ChecksumSHA256": BODY_SHA256,
         },
     ),
     "get-range": (

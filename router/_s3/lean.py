@@ -220,7 +220,13 @@ class LeanS3:
         for name, value in params.items():
             if name == "Metadata":
                 for meta_key, meta_value in value.items():
-                    headers[f"{operation.meta_in}{meta_key}"] = meta_value
+                    # As botocore: the prefix and the name joined, the value sent as its own
+                    # characters. A str subclass (a str Enum) is not its str(): aiohttp would
+                    # send "Color.RED" where botocore sends "red", and the signature (made
+                    # over "red") would not match what was sent.
+                    headers[operation.meta_in + meta_key] = (
+                        meta_value if meta_value.__class__ is str else str.__str__(meta_value)
+                    )
                 continue
             where = known.get(name)
             if where is None:
