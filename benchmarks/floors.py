@@ -76,7 +76,7 @@ async def contenders(
     decision = await router._plan_put(ORG, "bench/0", "files", None)
     tagging = decision.tagging()
     checksum = base64.b64encode(hashlib.sha256(BODY).digest()).decode("ascii")
-    params = {"ChecksumSHA256": checksum, "Tagging": tagging, **objects._encryption(place)}
+    params = {"ChecksumSHA256": checksum, "Tagging": tagging, **objects.encryption(place)}
     http = lean._http
     base_url: str = lean._base_url
     credentials = await lean._credentials.get_frozen_credentials()

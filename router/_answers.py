@@ -97,6 +97,7 @@ _NEEDED: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
         ("CommonPrefixes", ("Prefix",)),
     ),
     "ListMultipartUploadsOutput": (("Uploads", ("Key", "UploadId")),),
+    "GetObjectTaggingOutput": (("TagSet", ("Key", "Value")),),
 }
 
 

@@ -189,6 +189,15 @@ def check_metadata(metadata: object) -> None:
         )
 
 
+def plain_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """A copy of metadata :func:`check_metadata` passed, each name and value an exact ``str``.
+
+    Sent as checked: a ``str`` subclass (a ``(str, Enum)`` member) would otherwise go out as
+    its ``str()`` on some paths and as its characters on others.
+    """
+    return {plain_str(name): plain_str(value) for name, value in metadata.items()}
+
+
 def _is_xml_valid(code: int) -> bool:
     # XML 1.0 Char production minus the three whitespace controls (refused separately):
     # S3 list responses are XML, and one such key breaks listing the whole bucket.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 import urllib.request
@@ -88,6 +89,35 @@ async def test_presigned_upload_lands_as_put_would(
     put_tags = s3.get_object_tagging(Bucket=bucket, Key=put.key)["TagSet"]
     assert sorted(map(str, tags)) == sorted(map(str, put_tags))
     assert await residency_router.get(ORG, "uploads/photo.png") == body
+
+
+class Label(str, enum.Enum):  # noqa: UP042 (not StrEnum: its str() is not its value)
+    NAME = "origin"
+    VALUE = "scanner-7"
+    TYPE = "image/png"
+
+
+async def test_str_subclass_metadata_and_content_type_are_stored_as_checked(
+    residency_router: ResidencyRouter, residency_world: ResidencyWorld
+) -> None:
+    # A (str, Enum) member's str() is "Label.VALUE"; its characters are what was checked,
+    # and what a put and a presigned upload store (the signature is made over them too).
+    s3 = residency_world.s3("eu")
+    bucket = residency_world.bucket("eu")
+    meta: dict[str, str] = {Label.NAME: Label.VALUE}
+    put = await residency_router.put(ORG, "put.txt", b"x", content_type=Label.TYPE, metadata=meta)
+    upload = await residency_router.presign_put(
+        ORG, "upload.txt", content_type=Label.TYPE, metadata=meta
+    )
+    sent = {name.lower(): value for name, value in upload.headers.items()}
+    assert sent["x-amz-meta-origin"] == "scanner-7"
+    assert sent["content-type"] == "image/png"
+    assert all(value.__class__ is str for value in upload.headers.values())
+    http("PUT", upload.url, b"y", upload.headers)
+    for key in (put.key, f"orgs/{ORG}/files/upload.txt"):
+        head = s3.head_object(Bucket=bucket, Key=key)
+        assert head["ContentType"] == "image/png", key
+        assert head["Metadata"] == {"origin": "scanner-7"}, key
 
 
 async def test_presigned_upload_expiry_is_bounded_and_reported(

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from router._answers import unreadable_answer
 from router._s3.bulk import BucketRef
 from router._s3.clients import RegionClients
 from router._s3.objects import confirm_encryption
@@ -107,12 +108,18 @@ class Copier:
         src = clients.s3(source.aws_region)
 
         async def head_source(**part: Any) -> Mapping[str, Any]:
+            async def head() -> Mapping[str, Any]:
+                found: Mapping[str, Any] = await src.head_object(
+                    Bucket=source.bucket, Key=key, ChecksumMode="ENABLED", **part, **owner
+                )
+                if "ContentLength" not in found:  # the copy's ranges are made from it
+                    raise unreadable_answer(None, "ContentLength")
+                return found
+
             answer: Mapping[str, Any] = await clients.run(
                 source.aws_region,
                 f"reading an object to copy in bucket {source.bucket}",
-                lambda: src.head_object(
-                    Bucket=source.bucket, Key=key, ChecksumMode="ENABLED", **part, **owner
-                ),
+                head,
                 object_read=True,
             )
             return answer

@@ -251,7 +251,7 @@ class LeanS3:
         body: bytes | None,
         credentials: Any,
     ) -> Awaitable[aiohttp.ClientResponse]:
-        """Sign one request and return aiohttp's request for it (see :func:`_sending_failed`).
+        """Sign one request and return aiohttp's request for it (see :func:`sending_failed`).
 
         A plain function, not a coroutine: the operation awaits aiohttp's request itself, one
         coroutine less in flight per request. ``encoded_key`` is :func:`_encoded_key`'s.

@@ -34,6 +34,7 @@ from router.errors import (
     StorageError,
 )
 from router.guards import SSE_KMS, encryption_problem
+from router.inputs import plain_metadata, plain_str
 from router.types import Placement
 
 MALFORMED_CHECKSUM = "a malformed checksum"
@@ -168,9 +169,9 @@ class ObjectStore:
         client = self._clients.hot(place.aws_region)
         extra: dict[str, Any] = {"Tagging": tagging}
         if content_type:
-            extra["ContentType"] = content_type
+            extra["ContentType"] = plain_str(content_type)
         if metadata:
-            extra["Metadata"] = dict(metadata)
+            extra["Metadata"] = plain_metadata(metadata)
         threshold = self._settings.multipart_threshold
         if type(body) is bytes and len(body) <= min(threshold, HASH_OFF_LOOP_BYTES):
             # Small in-memory bodies (most of them): one hash, one PutObject.

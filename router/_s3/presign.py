@@ -23,6 +23,7 @@ from router._s3.clients import RegionClients
 from router._s3.objects import ObjectStore
 from router.config import RouterSettings
 from router.errors import InvalidArgumentError, ResidencyViolationError, StorageError
+from router.inputs import plain_metadata, plain_str
 from router.types import Placement
 
 # What every presigned upload must sign: S3 refuses an upload that leaves one out or changes it.
@@ -155,9 +156,9 @@ class Presigner:
         """
         params: dict[str, Any] = {"Key": key, "Tagging": tagging, **self._objects.encryption(place)}
         if content_type:
-            params["ContentType"] = content_type
+            params["ContentType"] = plain_str(content_type)
         if metadata:
-            params["Metadata"] = dict(metadata)
+            params["Metadata"] = plain_metadata(metadata)
         if sha256_b64:
             params["ChecksumSHA256"] = sha256_b64
         url, headers, expires_at = await presign(

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import botocore.session
 import pytest
 
-from router._answers import _NEEDED, missing_field
+from router._answers import _NEEDED, MalformedAnswerError, ReadableAnswers, missing_field
 from router.errors import RegionUnavailableError
 from router.routing import ResidencyRouter
 from tests.conftest import unverified
@@ -45,6 +46,153 @@ def test_each_field_the_router_reads_is_required_of_a_successful_answer(shape_na
     # Lists may be empty or absent: a listing of nothing is complete.
     assert missing_field("ListObjectsV2Output", {"IsTruncated": False}) == ""
     assert missing_field("PutObjectOutput", {}) == ""  # not an answer the table names
+
+
+S3_MODEL = botocore.session.get_session().get_service_model("s3")
+
+
+def output_name(operation: str) -> str:
+    shape = S3_MODEL.operation_model(operation).output_shape
+    return "" if shape is None else shape.name
+
+
+def test_each_answer_checked_is_one_of_s3s() -> None:
+    # A misspelt name would turn its check off without a word.
+    outputs = {output_name(name) for name in S3_MODEL.operation_names}
+    assert set(_NEEDED) <= outputs
+
+
+# Each answer as S3 sends it, and (field, the answer without it): through botocore's own parser.
+STAMP = "<LastModified>2026-12-01T00:00:00.000Z</LastModified>"
+ANSWERS: dict[str, tuple[dict[str, str], str, list[tuple[str, dict[str, str], str]]]] = {
+    "CreateMultipartUpload": (
+        {},
+        "<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key><UploadId>u</UploadId>"
+        "</InitiateMultipartUploadResult>",
+        [
+            (
+                "UploadId",
+                {},
+                "<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key>"
+                "</InitiateMultipartUploadResult>",
+            )
+        ],
+    ),
+    "UploadPart": ({"ETag": '"e"'}, "", [("ETag", {}, "")]),
+    "UploadPartCopy": (
+        {},
+        f'<CopyPartResult><ETag>"e"</ETag>{STAMP}</CopyPartResult>',
+        [
+            ("ETag", {}, f"<CopyPartResult>{STAMP}</CopyPartResult>"),
+            ("ETag", {}, ""),  # botocore reads an empty payload as an empty CopyPartResult,
+        ],
+    ),
+    "ListObjectsV2": (
+        {},
+        "<ListBucketResult><IsTruncated>false</IsTruncated>"
+        f"<Contents><Key>a</Key><Size>1</Size>{STAMP}</Contents>"
+        f"<Contents><Key>b</Key><Size>2</Size>{STAMP}</Contents></ListBucketResult>",
+        [
+            (
+                "Key",
+                {},
+                "<ListBucketResult><IsTruncated>false</IsTruncated>"
+                f"<Contents><Key>a</Key><Size>1</Size>{STAMP}</Contents>"
+                f"<Contents><Size>2</Size>{STAMP}</Contents></ListBucketResult>",
+            ),
+            (
+                "Size",
+                {},
+                "<ListBucketResult><IsTruncated>false</IsTruncated>"
+                f"<Contents><Key>a</Key>{STAMP}</Contents></ListBucketResult>",
+            ),
+            (
+                "LastModified",
+                {},
+                "<ListBucketResult><IsTruncated>false</IsTruncated>"
+                "<Contents><Key>a</Key><Size>1</Size></Contents></ListBucketResult>",
+            ),
+        ],
+    ),
+    "ListObjectVersions": (
+        {},
+        "<ListVersionsResult><IsTruncated>false</IsTruncated>"
+        f"<Version><Key>a</Key><VersionId>1</VersionId>{STAMP}</Version>"
+        f"<DeleteMarker><Key>b</Key><VersionId>2</VersionId>{STAMP}</DeleteMarker>"
+        "<CommonPrefixes><Prefix>p/</Prefix></CommonPrefixes></ListVersionsResult>",
+        [
+            (
+                "Key",
+                {},
+                "<ListVersionsResult><IsTruncated>false</IsTruncated>"
+                f"<Version><VersionId>1</VersionId>{STAMP}</Version></ListVersionsResult>",
+            ),
+            (
+                "Key",
+                {},
+                "<ListVersionsResult><IsTruncated>false</IsTruncated>"
+                f"<DeleteMarker><VersionId>2</VersionId>{STAMP}</DeleteMarker></ListVersionsResult>",
+            ),
+            (
+                "Prefix",
+                {},
+                "<ListVersionsResult><IsTruncated>false</IsTruncated>"
+                "<CommonPrefixes></CommonPrefixes></ListVersionsResult>",
+            ),
+        ],
+    ),
+    "ListMultipartUploads": (
+        {},
+        "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated>"
+        "<Upload><Key>a</Key><UploadId>u</UploadId></Upload></ListMultipartUploadsResult>",
+        [
+            (
+                "UploadId",
+                {},
+                "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated>"
+                "<Upload><Key>a</Key></Upload></ListMultipartUploadsResult>",
+            ),
+            (
+                "Key",
+                {},
+                "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated>"
+                "<Upload><UploadId>u</UploadId></Upload></ListMultipartUploadsResult>",
+            ),
+        ],
+    ),
+    "GetObjectTagging": (
+        {},
+        "<Tagging><TagSet><Tag><Key>k</Key><Value></Value></Tag></TagSet></Tagging>",
+        [
+            ("Value", {}, "<Tagging><TagSet><Tag><Key>k</Key></Tag></TagSet></Tagging>"),
+            ("Key", {}, "<Tagging><TagSet><Tag><Value>v</Value></Tag></TagSet></Tagging>"),
+        ],
+    ),
+}
+
+
+async def parsed(operation: str, headers: dict[str, str], body: str, status: int = 200) -> Any:
+    parser = ReadableAnswers().create_parser("rest-xml")
+    answer = {"status_code": status, "headers": headers, "body": body.encode()}
+    return await parser.parse(answer, S3_MODEL.operation_model(operation).output_shape)
+
+
+def test_every_answer_checked_has_its_fixtures() -> None:
+    assert {output_name(name) for name in ANSWERS} == set(_NEEDED)
+
+
+@pytest.mark.parametrize("operation", sorted(ANSWERS))
+async def test_an_answer_without_a_field_the_router_reads_is_unreadable(operation: str) -> None:
+    headers, body, lacking = ANSWERS[operation]
+    await parsed(operation, headers, body)  # as S3 sends it: read
+    for field, short_headers, short_body in lacking:
+        with pytest.raises(MalformedAnswerError) as raised:
+            await parsed(operation, short_headers, short_body)
+        assert raised.value.reason == f"no {field}"
+        assert raised.value.status == 200
+        # An error answer is the error's to report, not this check's.
+        error = "<Error><Code>InternalError</Code></Error>"
+        assert (await parsed(operation, {}, error, status=500))["Error"]["Code"] == "InternalError"
 
 
 def xml_reply(body: str) -> Reply:
