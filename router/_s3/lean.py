@@ -50,6 +50,7 @@ from router._s3.lean_failures import reading_failed, sending_failed
 from router._s3.lean_model import Operation
 from router._s3.sigv4 import HOST_FROM_URL, LeanSigner, SigningCache, SigningRequest
 from router.errors import ConfigError, ResidencyViolationError
+from router.inputs import plain_str
 
 HOT_OPERATIONS = ("PutObject", "GetObject", "HeadObject")
 PROBE_KEY = "residency-router-endpoint-probe"
@@ -224,9 +225,7 @@ class LeanS3:
                     # characters. A str subclass (a str Enum) is not its str(): aiohttp would
                     # send "Color.RED" where botocore sends "red", and the signature (made
                     # over "red") would not match what was sent.
-                    headers[operation.meta_in + meta_key] = (
-                        meta_value if meta_value.__class__ is str else str.__str__(meta_value)
-                    )
+                    headers[operation.meta_in + meta_key] = plain_str(meta_value)
                 continue
             where = known.get(name)
             if where is None:

@@ -91,6 +91,22 @@ def _whole_size(response: Mapping[str, Any]) -> int:
     return int(response["ContentLength"])
 
 
+def described_write(
+    tagging: str, content_type: str | None, metadata: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """What a write says of its object beside its body and encryption: tags, type, metadata.
+
+    Shared by :meth:`ObjectStore.put` and presigned uploads, so that both describe an object
+    alike; the type and metadata exactly as checked (:func:`plain_str`, :func:`plain_metadata`).
+    """
+    described: dict[str, Any] = {"Tagging": tagging}
+    if content_type:
+        described["ContentType"] = plain_str(content_type)
+    if metadata:
+        described["Metadata"] = plain_metadata(metadata)
+    return described
+
+
 def http_range(start: int | None, end: int | None) -> str | None:
     """S3's ``Range`` header for the half-open byte range ``[start, end)``; None for all."""
     if start is None and end is None:
@@ -167,11 +183,7 @@ class ObjectStore:
             RegionUnavailableError: the region failed after retries; nothing kept.
         """
         client = self._clients.hot(place.aws_region)
-        extra: dict[str, Any] = {"Tagging": tagging}
-        if content_type:
-            extra["ContentType"] = plain_str(content_type)
-        if metadata:
-            extra["Metadata"] = plain_metadata(metadata)
+        extra = described_write(tagging, content_type, metadata)
         threshold = self._settings.multipart_threshold
         if type(body) is bytes and len(body) <= min(threshold, HASH_OFF_LOOP_BYTES):
             # Small in-memory bodies (most of them): one hash, one PutObject.

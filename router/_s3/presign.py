@@ -20,10 +20,9 @@ from urllib.parse import parse_qs, urlsplit
 from botocore.exceptions import BotoCoreError, NoCredentialsError, ParamValidationError
 
 from router._s3.clients import RegionClients
-from router._s3.objects import ObjectStore
+from router._s3.objects import ObjectStore, described_write
 from router.config import RouterSettings
 from router.errors import InvalidArgumentError, ResidencyViolationError, StorageError
-from router.inputs import plain_metadata, plain_str
 from router.types import Placement
 
 # What every presigned upload must sign: S3 refuses an upload that leaves one out or changes it.
@@ -154,11 +153,11 @@ class Presigner:
                 names another region.
             StorageError, RegionUnavailableError: no credentials; the region is quarantined.
         """
-        params: dict[str, Any] = {"Key": key, "Tagging": tagging, **self._objects.encryption(place)}
-        if content_type:
-            params["ContentType"] = plain_str(content_type)
-        if metadata:
-            params["Metadata"] = plain_metadata(metadata)
+        params: dict[str, Any] = {
+            "Key": key,
+            **self._objects.encryption(place),
+            **described_write(tagging, content_type, metadata),
+        }
         if sha256_b64:
             params["ChecksumSHA256"] = sha256_b64
         url, headers, expires_at = await presign(
